@@ -1,0 +1,1 @@
+"""PyTorch -> ONNX / TensorRT / Triton export, parity checks and the model bundle manifest."""

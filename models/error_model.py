@@ -1,0 +1,87 @@
+"""The Grad-CAM error model: P(the classifier is wrong on a study) from CAMs and probabilities.
+
+Inputs are the classifier's per-label CAM maps, resized in the graph to a fixed grid, and its
+probabilities. Features: each map's shape (divided by its peak), its log peak and its spread
+(mean / peak), and per label the probability, its signed margin from the operating threshold and
+its binary entropy. Output: logits of shape (B, 1 + L), column 0 the study-level error
+(any label wrong), columns 1.. a cheap per-label error.
+
+With ``use_cams=False`` the same network sees only the probability features: the
+"probabilities-only" baseline of the same head size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+_EPS = 1e-6
+
+
+@dataclass(frozen=True)
+class ErrorModelConfig:
+    """Shape of the error model (stored in the run and the bundle manifest)."""
+
+    num_labels: int
+    grid: int = 8
+    channels: int = 16
+    hidden: int = 32
+    use_cams: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON types."""
+        return asdict(self)
+
+
+class ErrorModel(nn.Module):
+    """Small CNN over CAM maps + MLP over probability features -> error logits (B, 1 + L)."""
+
+    thresholds: Tensor
+
+    def __init__(self, config: ErrorModelConfig, thresholds: Tensor | None = None) -> None:
+        super().__init__()
+        self.config = config
+        n = config.num_labels
+        self.register_buffer(
+            "thresholds", torch.full((n,), 0.5) if thresholds is None else thresholds.float()
+        )
+        in_features = 3 * n
+        self.cam_net: nn.Module | None = None
+        if config.use_cams:
+            c = config.channels
+            self.cam_net = nn.Sequential(
+                nn.Conv2d(n, c, 3, padding=1),
+                nn.ReLU(),
+                nn.Conv2d(c, 2 * c, 3, padding=1),
+                nn.ReLU(),
+                nn.AdaptiveAvgPool2d(1),
+                nn.Flatten(),
+            )
+            in_features += 2 * c + 2 * n
+        self.head = nn.Sequential(
+            nn.Linear(in_features, config.hidden),
+            nn.ReLU(),
+            nn.Linear(config.hidden, 1 + n),
+        )
+
+    def prob_features(self, probs: Tensor) -> Tensor:
+        """Probability, signed margin from the threshold, and binary entropy per label."""
+        p = probs.clamp(_EPS, 1.0 - _EPS)
+        entropy = -(p * torch.log(p) + (1.0 - p) * torch.log(1.0 - p))
+        return torch.cat([p, p - self.thresholds, entropy], dim=1)
+
+    def forward(self, probs: Tensor, cams: Tensor) -> Tensor:
+        features = [self.prob_features(probs)]
+        if self.cam_net is not None:
+            g = self.config.grid
+            grid = F.interpolate(cams, size=(g, g), mode="bilinear", align_corners=False)
+            peak = grid.amax(dim=(2, 3))
+            shape = grid / (peak[:, :, None, None] + _EPS)
+            spread = grid.mean(dim=(2, 3)) / (peak + _EPS)
+            features += [self.cam_net(shape), torch.log(peak + _EPS), spread]
+        out: Tensor = self.head(torch.cat(features, dim=1))
+        return out

@@ -1,0 +1,53 @@
+"""``triage train error-model``: the Grad-CAM error model, the OOD guard and the baselines.
+
+Trained only on the error-model split (patients the classifier never saw), from the classifier's
+outputs on those images (the clean image plus ``--views`` augmented views each, so the error
+model sees the classifier fail in more ways than one pass shows). The OOD guard's mean and
+precision come from the classifier's training split; its threshold is the ``--ood-percentile``
+of the scores on the error-model split. The baselines (softmax response, entropy and a
+probabilities-only network of the same head) are scored on the same test split, per site.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``triage train error-model``."""
+    parser.add_argument("--data", type=Path, required=True, help="the classifier's dataset")
+    parser.add_argument("--classifier", type=Path, required=True, help="classifier run folder")
+    parser.add_argument("--out", type=Path, required=True, help="run folder to write")
+    parser.add_argument("--epochs", type=int, default=150)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--patience", type=int, default=25)
+    parser.add_argument("--views", type=int, default=4, help="augmented views per image")
+    parser.add_argument("--grid", type=int, default=8, help="CAM grid the error model reads")
+    parser.add_argument("--ood-percentile", type=float, default=99.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--image-root", type=Path, default=None, help="root of CSV image paths")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train and write the run; returns the exit status."""
+    from models.error_loop import ErrorTrainingOptions, train_error_model
+
+    train_error_model(
+        ErrorTrainingOptions(
+            data=args.data,
+            classifier=args.classifier,
+            out=args.out,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            patience=args.patience,
+            views=args.views,
+            grid=args.grid,
+            ood_percentile=args.ood_percentile,
+            seed=args.seed,
+            image_root=args.image_root,
+        )
+    )
+    return 0

@@ -1,0 +1,120 @@
+from service._proto.triage.v1 import triage_pb2 as _triage_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class ItemState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ITEM_STATE_UNSPECIFIED: _ClassVar[ItemState]
+    QUEUED: _ClassVar[ItemState]
+    CLAIMED: _ClassVar[ItemState]
+    COMPLETED: _ClassVar[ItemState]
+    SUPERSEDED: _ClassVar[ItemState]
+ITEM_STATE_UNSPECIFIED: ItemState
+QUEUED: ItemState
+CLAIMED: ItemState
+COMPLETED: ItemState
+SUPERSEDED: ItemState
+
+class FinalLabel(_message.Message):
+    __slots__ = ("label", "present")
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    PRESENT_FIELD_NUMBER: _ClassVar[int]
+    label: str
+    present: bool
+    def __init__(self, label: _Optional[str] = ..., present: _Optional[bool] = ...) -> None: ...
+
+class WorklistItem(_message.Message):
+    __slots__ = ("item_id", "study_instance_uid", "worklist", "priority", "state", "result", "claimed_by", "lease_expires_unix", "created_unix", "updated_unix", "final_labels", "superseded_by")
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    STUDY_INSTANCE_UID_FIELD_NUMBER: _ClassVar[int]
+    WORKLIST_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    CLAIMED_BY_FIELD_NUMBER: _ClassVar[int]
+    LEASE_EXPIRES_UNIX_FIELD_NUMBER: _ClassVar[int]
+    CREATED_UNIX_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_UNIX_FIELD_NUMBER: _ClassVar[int]
+    FINAL_LABELS_FIELD_NUMBER: _ClassVar[int]
+    SUPERSEDED_BY_FIELD_NUMBER: _ClassVar[int]
+    item_id: str
+    study_instance_uid: str
+    worklist: str
+    priority: _triage_pb2.Priority
+    state: ItemState
+    result: _triage_pb2.TriageResult
+    claimed_by: str
+    lease_expires_unix: float
+    created_unix: float
+    updated_unix: float
+    final_labels: _containers.RepeatedCompositeFieldContainer[FinalLabel]
+    superseded_by: str
+    def __init__(self, item_id: _Optional[str] = ..., study_instance_uid: _Optional[str] = ..., worklist: _Optional[str] = ..., priority: _Optional[_Union[_triage_pb2.Priority, str]] = ..., state: _Optional[_Union[ItemState, str]] = ..., result: _Optional[_Union[_triage_pb2.TriageResult, _Mapping]] = ..., claimed_by: _Optional[str] = ..., lease_expires_unix: _Optional[float] = ..., created_unix: _Optional[float] = ..., updated_unix: _Optional[float] = ..., final_labels: _Optional[_Iterable[_Union[FinalLabel, _Mapping]]] = ..., superseded_by: _Optional[str] = ...) -> None: ...
+
+class ListRequest(_message.Message):
+    __slots__ = ("worklist", "states", "min_priority", "limit")
+    WORKLIST_FIELD_NUMBER: _ClassVar[int]
+    STATES_FIELD_NUMBER: _ClassVar[int]
+    MIN_PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    worklist: str
+    states: _containers.RepeatedScalarFieldContainer[ItemState]
+    min_priority: _triage_pb2.Priority
+    limit: int
+    def __init__(self, worklist: _Optional[str] = ..., states: _Optional[_Iterable[_Union[ItemState, str]]] = ..., min_priority: _Optional[_Union[_triage_pb2.Priority, str]] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class ListResponse(_message.Message):
+    __slots__ = ("items",)
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[WorklistItem]
+    def __init__(self, items: _Optional[_Iterable[_Union[WorklistItem, _Mapping]]] = ...) -> None: ...
+
+class ClaimRequest(_message.Message):
+    __slots__ = ("item_id", "worklist", "reader", "lease_seconds")
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    WORKLIST_FIELD_NUMBER: _ClassVar[int]
+    READER_FIELD_NUMBER: _ClassVar[int]
+    LEASE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    item_id: str
+    worklist: str
+    reader: str
+    lease_seconds: float
+    def __init__(self, item_id: _Optional[str] = ..., worklist: _Optional[str] = ..., reader: _Optional[str] = ..., lease_seconds: _Optional[float] = ...) -> None: ...
+
+class ReleaseRequest(_message.Message):
+    __slots__ = ("item_id", "reader")
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    READER_FIELD_NUMBER: _ClassVar[int]
+    item_id: str
+    reader: str
+    def __init__(self, item_id: _Optional[str] = ..., reader: _Optional[str] = ...) -> None: ...
+
+class CompleteRequest(_message.Message):
+    __slots__ = ("item_id", "reader", "final_labels")
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    READER_FIELD_NUMBER: _ClassVar[int]
+    FINAL_LABELS_FIELD_NUMBER: _ClassVar[int]
+    item_id: str
+    reader: str
+    final_labels: _containers.RepeatedCompositeFieldContainer[FinalLabel]
+    def __init__(self, item_id: _Optional[str] = ..., reader: _Optional[str] = ..., final_labels: _Optional[_Iterable[_Union[FinalLabel, _Mapping]]] = ...) -> None: ...
+
+class WatchRequest(_message.Message):
+    __slots__ = ("worklist",)
+    WORKLIST_FIELD_NUMBER: _ClassVar[int]
+    worklist: str
+    def __init__(self, worklist: _Optional[str] = ...) -> None: ...
+
+class WorklistEvent(_message.Message):
+    __slots__ = ("kind", "item")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    ITEM_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    item: WorklistItem
+    def __init__(self, kind: _Optional[str] = ..., item: _Optional[_Union[WorklistItem, _Mapping]] = ...) -> None: ...

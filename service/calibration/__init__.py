@@ -1,0 +1,1 @@
+"""Defer-cost calibration maths (numpy only): recalibration, risk control, risk-coverage curves."""

@@ -1,0 +1,105 @@
+"""End-to-end training on a tiny phantom dataset: classifier run, resume, error-model run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from models.error_loop import ErrorTrainingOptions, entropy_score, softmax_response_score
+from models.error_loop import train_error_model as train_error
+from models.runs import load_classifier_run, read_split
+from service.cli import main
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(name="tiny_phantoms", scope="module")
+def fixture_tiny_phantoms(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 120-study confounded phantom dataset at 64 px."""
+    out = tmp_path_factory.mktemp("phantoms")
+    assert main(["synth", str(out), "--studies", "120", "--seed", "3", "--size", "64"]) == 0
+    return out
+
+
+@pytest.fixture(name="classifier_run", scope="module")
+def fixture_classifier_run(tiny_phantoms: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A compact classifier trained for two epochs at 64 px."""
+    run = tmp_path_factory.mktemp("cls")
+    args = ["train", "classifier", "--data", str(tiny_phantoms), "--out", str(run)]
+    args += ["--config", "compact", "--size", "64", "--epochs", "2", "--batch-size", "16"]
+    assert main(args) == 0
+    return run
+
+
+def test_classifier_run_records_what_serving_needs(classifier_run: Path) -> None:
+    """classifier.json carries labels, preprocessing, thresholds, CAM shape and the split."""
+    meta = json.loads((classifier_run / "classifier.json").read_text())
+    assert meta["labels"] == ["Cardiomegaly", "Edema", "Pleural Effusion", "Pneumothorax"]
+    assert meta["preprocess"]["size"] == 64
+    assert len(meta["thresholds"]) == 4 and all(0 <= t <= 1 for t in meta["thresholds"])
+    assert meta["cam"] == {"layer": "relu", "shape": [2, 2]}
+    history = json.loads((classifier_run / "metrics.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2]
+    split = read_split(classifier_run)
+    parts_per_patient: dict[str, str] = split["patients"]
+    assert set(parts_per_patient.values()) <= {
+        "classifier_train",
+        "classifier_val",
+        "error_model",
+        "test",
+        "heldout",
+    }
+
+
+def test_saved_weights_are_a_plain_torchvision_state_dict(classifier_run: Path) -> None:
+    """classifier.pt is a plain state dict with torchvision names that loads back."""
+    state = torch.load(classifier_run / "classifier.pt", map_location="cpu", weights_only=True)
+    assert "features.conv0.weight" in state and "classifier.weight" in state
+    run = load_classifier_run(classifier_run)
+    x = torch.zeros(1, 1, 64, 64)
+    logits, cams, _ = run.model(x)
+    assert logits.shape == (1, 4) and cams.shape == (1, 4, 2, 2)
+
+
+def test_resume_continues_from_the_checkpoint(tiny_phantoms: Path, tmp_path: Path) -> None:
+    """--resume after an interrupted run continues at the next epoch instead of restarting."""
+    base = ["train", "classifier", "--data", str(tiny_phantoms), "--out", str(tmp_path)]
+    base += ["--config", "compact", "--size", "64", "--batch-size", "16"]
+    assert main([*base, "--epochs", "1"]) == 0
+    assert main([*base, "--epochs", "2", "--resume"]) == 0
+    history = json.loads((tmp_path / "metrics.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2]
+
+
+def test_error_model_run_and_report(
+    tiny_phantoms: Path, classifier_run: Path, tmp_path: Path
+) -> None:
+    """The error-model run writes weights, the OOD guard and a per-site report with baselines."""
+    meta = train_error(
+        ErrorTrainingOptions(
+            data=tiny_phantoms, classifier=classifier_run, out=tmp_path, epochs=5, views=1
+        )
+    )
+    for name in ("error_model.pt", "ood.pt", "probs_only.pt", "error_model.json", "report.json"):
+        assert (tmp_path / name).exists(), name
+    assert meta["ood"]["threshold"] > 0
+    groups = {g["group"]: g for g in meta["report"]["groups"]}
+    assert "test" in groups
+    methods = set(groups["test"]["error_detection"])
+    assert methods == {"grad_cam_error_model", "probabilities_only", "softmax_response", "entropy"}
+    if "heldout" in groups:
+        assert any(name.startswith("heldout/") for name in groups)
+
+
+def test_baseline_scores_rank_uncertain_studies_higher() -> None:
+    """Softmax response and entropy give a study near its thresholds a higher error score."""
+    probs = np.array([[0.95, 0.02], [0.55, 0.48]], dtype=np.float32)
+    thresholds = np.array([0.5, 0.5])
+    assert (
+        softmax_response_score(probs, thresholds)[1] > softmax_response_score(probs, thresholds)[0]
+    )
+    assert entropy_score(probs)[1] > entropy_score(probs)[0]

@@ -1,0 +1,69 @@
+"""The model bundle's on-disk format, shared by the exporter (writes) and the service (reads).
+
+A bundle is a directory holding the ONNX file(s) and ``manifest.json``. The manifest lists the
+sha256 of every file; the bundle id is a sha256 prefix over the manifest's canonical JSON (with
+the ``bundle_id`` key itself left out), so any change to a file or to the metadata changes it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+MANIFEST = "manifest.json"
+BUNDLE_FORMAT = "cxr-triage/bundle/1"
+BUNDLE_ID_HEX = 16
+
+
+class BundleError(ValueError):
+    """The bundle is missing, malformed, or its files do not match their hashes."""
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def canonical_json(payload: dict[str, Any]) -> bytes:
+    """The bytes the bundle id is computed over."""
+    return json.dumps(payload, sort_keys=True, separators=(",", ":")).encode("utf-8")
+
+
+def compute_bundle_id(manifest: dict[str, Any]) -> str:
+    """sha256 prefix over the manifest without its ``bundle_id`` key."""
+    body = {k: v for k, v in manifest.items() if k != "bundle_id"}
+    return hashlib.sha256(canonical_json(body)).hexdigest()[:BUNDLE_ID_HEX]
+
+
+def read_manifest(bundle: Path) -> dict[str, Any]:
+    """Read and verify a bundle: format, bundle id, and the sha256 of every listed file.
+
+    Raises :class:`BundleError` naming the first file that is missing or does not match.
+    """
+    path = bundle / MANIFEST
+    if not path.is_file():
+        raise BundleError(f"{bundle} is not a model bundle: {MANIFEST} is missing")
+    try:
+        manifest: dict[str, Any] = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise BundleError(f"{path} is not valid JSON: {exc}") from exc
+    if manifest.get("format") != BUNDLE_FORMAT:
+        raise BundleError(f"{path}: unsupported format {manifest.get('format')!r}")
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not files:
+        raise BundleError(f"{path}: the manifest lists no files")
+    for name, entry in sorted(files.items()):
+        file_path = bundle / name
+        if not file_path.is_file():
+            raise BundleError(f"bundle file {name} is missing from {bundle}")
+        if sha256_file(file_path) != entry.get("sha256"):
+            raise BundleError(f"bundle file {name} does not match its sha256 in {MANIFEST}")
+    if manifest.get("bundle_id") != compute_bundle_id(manifest):
+        raise BundleError(f"{path}: bundle_id does not match the manifest contents")
+    return manifest

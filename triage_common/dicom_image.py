@@ -1,0 +1,131 @@
+"""DICOM Part-10 bytes -> a display image in [0, 1] (MONOCHROME2 sense), without torch.
+
+The order follows PS3.3 C.11: stored values -> Modality LUT (rescale slope/intercept) ->
+VOI (window centre/width, or a VOI LUT, or a robust percentile window when the file has
+neither) -> MONOCHROME1 inversion. The result is what a radiologist sees, scaled to [0, 1].
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+FloatImage = npt.NDArray[np.float32]
+
+#: Percentiles used for the window when a file carries no VOI information.
+FALLBACK_WINDOW_PERCENTILES = (0.5, 99.5)
+
+
+class DicomDecodeError(ValueError):
+    """The bytes are not decodable DICOM, or the pixel data cannot be decoded."""
+
+
+@dataclass(frozen=True)
+class Window:
+    """A linear VOI window (PS3.3 C.11.2.1.2.1)."""
+
+    center: float
+    width: float
+
+
+def read_dataset(source: bytes | Path, *, stop_before_pixels: bool = False) -> Dataset:
+    """Parse a Part-10 file (or its bytes); raise :class:`DicomDecodeError` with the reason."""
+    try:
+        if isinstance(source, Path):
+            return pydicom.dcmread(source, stop_before_pixels=stop_before_pixels)
+        return pydicom.dcmread(io.BytesIO(source), stop_before_pixels=stop_before_pixels)
+    except InvalidDicomError as exc:
+        raise DicomDecodeError(f"not a DICOM Part-10 file: {exc}") from exc
+    except (EOFError, OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise DicomDecodeError(f"malformed DICOM: {type(exc).__name__}: {exc}") from exc
+
+
+def _first(value: Any) -> float:
+    if isinstance(value, list | tuple) or type(value).__name__ == "MultiValue":
+        value = value[0]
+    return float(value)
+
+
+def dataset_window(ds: Dataset) -> Window | None:
+    """The first window the file declares, or ``None``."""
+    center = ds.get("WindowCenter")
+    width = ds.get("WindowWidth")
+    if center is None or width is None:
+        return None
+    try:
+        w = Window(_first(center), _first(width))
+    except (TypeError, ValueError, IndexError):
+        return None
+    return w if w.width >= 1.0 else None
+
+
+def apply_window(values: npt.NDArray[np.float64], window: Window) -> FloatImage:
+    """Linear VOI function of PS3.3 C.11.2.1.2.1, mapped to [0, 1]."""
+    c, w = window.center, window.width
+    if w <= 1.0:
+        return (values > c - 0.5).astype(np.float32)
+    out = (values - (c - 0.5)) / (w - 1.0) + 0.5
+    return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
+def percentile_window(values: npt.NDArray[np.float64]) -> Window:
+    """A robust window from the image itself, for files without VOI attributes."""
+    lo, hi = np.percentile(values, FALLBACK_WINDOW_PERCENTILES)
+    if hi <= lo:
+        hi = lo + 1.0
+    return Window(center=(lo + hi) / 2.0 + 0.5, width=(hi - lo) + 1.0)
+
+
+def stored_to_display(ds: Dataset, stored: npt.NDArray[Any]) -> FloatImage:
+    """Map a stored pixel array of ``ds`` to display values in [0, 1] (bright = attenuating)."""
+    if stored.ndim == 3:  # multi-frame: the first frame is the image we read
+        stored = stored[0]
+    if stored.ndim != 2:
+        raise DicomDecodeError(f"expected a single-frame grayscale image, got shape {stored.shape}")
+    slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
+    intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
+    values = stored.astype(np.float64) * slope + intercept
+    window = dataset_window(ds)
+    if window is not None:
+        # Window centre/width are given in modality (rescaled) units.
+        display = apply_window(values, window)
+    elif "VOILUTSequence" in ds:
+        from pydicom.pixels.processing import apply_voi_lut
+
+        lut = np.asarray(apply_voi_lut(stored, ds), dtype=np.float64)
+        lo, hi = float(lut.min()), float(lut.max())
+        display = ((lut - lo) / max(hi - lo, 1e-12)).astype(np.float32)
+    else:
+        display = apply_window(values, percentile_window(values))
+    if str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip() == "MONOCHROME1":
+        display = (1.0 - display).astype(np.float32)
+    return display
+
+
+def decode_display(ds: Dataset) -> FloatImage:
+    """Decode the pixel data of ``ds`` and return the display image in [0, 1]."""
+    if "PixelData" not in ds:
+        raise DicomDecodeError("the DICOM file has no pixel data")
+    photometric = str(ds.get("PhotometricInterpretation", "")).strip()
+    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        raise DicomDecodeError(f"unsupported PhotometricInterpretation {photometric!r}")
+    try:
+        stored = ds.pixel_array
+    except Exception as exc:  # decoders raise many types; all mean "cannot decode"
+        raise DicomDecodeError(
+            f"pixel data cannot be decoded: {type(exc).__name__}: {exc}"
+        ) from exc
+    return stored_to_display(ds, np.asarray(stored))
+
+
+def load_display(path: Path) -> FloatImage:
+    """Read a DICOM file from disk and return its display image in [0, 1]."""
+    return decode_display(read_dataset(path))
