@@ -134,6 +134,8 @@ def train_classifier(options: ClassifierTrainingOptions) -> dict[str, Any]:
             head="reinit" if options.reinit_head else "refuse",
         )
         log.info("weights_loaded", source=str(options.init_weights), report=str(report))
+    # channels_last runs DenseNet's convolutions about 1.3-1.5x faster on this CPU.
+    model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=options.lr, weight_decay=options.weight_decay
     )
@@ -168,6 +170,7 @@ def train_classifier(options: ClassifierTrainingOptions) -> dict[str, Any]:
             if len(idx) < 2:
                 continue  # batch norm needs two samples
             x = augment(torch.from_numpy(x_train[idx.numpy()]), gen, hflip=options.hflip)
+            x = x.contiguous(memory_format=torch.channels_last)
             logits, _, _ = model(x)
             loss = masked_bce(logits, y_train_t[idx], pw)
             optimizer.zero_grad(set_to_none=True)
@@ -245,7 +248,7 @@ def train_classifier(options: ClassifierTrainingOptions) -> dict[str, Any]:
             "torch": torch.__version__,
         },
     }
-    torch.save(best_state, out / "classifier.pt")
+    torch.save({k: v.contiguous() for k, v in best_state.items()}, out / "classifier.pt")
     (out / "classifier.json").write_text(json.dumps(meta, indent=2) + "\n")
     print_table(
         f"classifier (best epoch {best_epoch + 1}, validation)",

@@ -81,7 +81,7 @@ def classifier_outputs(
         x = torch.from_numpy(images[idx.numpy()])
         if gen is not None:
             x = augment(x, gen)
-        logits, cam, feat = model(x)
+        logits, cam, feat = model(x.contiguous(memory_format=torch.channels_last))
         probs.append(torch.sigmoid(logits).numpy())
         cams.append(cam.numpy())
         pooled.append(feat.numpy())

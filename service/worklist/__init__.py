@@ -1,0 +1,1 @@
+"""Worklist routing rules and the durable worklist store."""
