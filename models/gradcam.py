@@ -13,7 +13,7 @@ baseline for benchmarks.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -69,8 +69,15 @@ def autograd_gradcam(
     x: Tensor,
     targets: Sequence[Callable[[Tensor], Tensor]] | None = None,
     target_layer: str = "relu",
+    backward: Literal["activation", "full"] = "activation",
 ) -> Tensor:
     """Grad-CAM maps ``[B, T, h, w]`` by autograd, one backward pass per target.
+
+    ``backward="activation"`` differentiates only down to the target layer (the cheapest exact
+    reference). ``backward="full"`` does what common Grad-CAM tools (pytorch-grad-cam) do:
+    ``score.backward()`` through the whole network, parameter gradients included, reading the
+    activation's gradient from a tensor hook; the benchmark's eager baseline uses it. Both give
+    the same maps; parameter ``.grad`` is cleared afterwards either way.
 
     ``targets`` map the logits ``[B, L]`` to one score per image ``[B]`` (default: every label,
     ``ClassifierOutputTarget(0..L-1)``). The score is summed over the batch before each
@@ -91,13 +98,21 @@ def autograd_gradcam(
             if activation is None or output is None:
                 raise RuntimeError(f"the hook on {target_layer!r} did not fire")
             maps = []
+            grads: list[Tensor] = []
+            if backward == "full":
+                output.register_hook(grads.append)
             for i, target in enumerate(targets):
                 score = target(logits)
-                (grad,) = torch.autograd.grad(
-                    score.sum(), output, retain_graph=i < len(targets) - 1
-                )
+                retain = i < len(targets) - 1
+                if backward == "full":
+                    score.sum().backward(retain_graph=retain)
+                    grad = grads.pop()
+                else:
+                    (grad,) = torch.autograd.grad(score.sum(), output, retain_graph=retain)
                 alpha = grad.mean(dim=(2, 3), keepdim=True)  # [B, C, 1, 1]
                 maps.append(torch.relu((alpha * activation).sum(dim=1)))
     finally:
         recorder.release()
+        if backward == "full":
+            model.zero_grad(set_to_none=True)
     return torch.stack(maps, dim=1).detach()

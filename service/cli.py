@@ -45,7 +45,14 @@ COMMANDS: tuple[Command, ...] = (
     Command(("train", "classifier"), "models.train_classifier", "train the DenseNet classifier"),
     Command(("train", "error-model"), "models.train_error_model", "train the Grad-CAM error model"),
     Command(("bench", "synth"), "models.phantoms.bench_cli", "phantom rendering speed (studies/s)"),
+    Command(("export", "onnx"), "export.onnx_cli", "export the runs as an ONNX model bundle"),
+    Command(("export", "tensorrt"), "export.tensorrt_cli", "build TensorRT engines from a bundle"),
+    Command(("export", "triton"), "export.triton_cli", "write a Triton model repository"),
+    Command(("bench", "model"), "export.bench_cli", "bundle vs plain ONNX vs eager Grad-CAM speed"),
     Command(("demo",), "service.demo_cli", "the whole system end to end on the embedded defaults"),
+    Command(("serve",), "service.serve_cli", "run the gRPC triage service"),
+    Command(("submit",), "service.submit_cli", "send DICOM studies to a triage server"),
+    Command(("bench", "serve"), "service.bench_cli", "end-to-end gRPC throughput and latency"),
 )
 
 

@@ -15,6 +15,20 @@ import structlog
 _configured = False
 
 
+class _CurrentStderr:
+    """Writes to whatever ``sys.stderr`` is at the time of each write (not at configure time).
+
+    Keeps log output working when ``sys.stderr`` is swapped after logging was configured
+    (pytest's capture, daemons redirecting their streams).
+    """
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def hash_uid(uid: str) -> str:
     """A stable, non-reversible 16-hex-digit token for a DICOM UID, safe for logs and metrics."""
     return hashlib.sha256(uid.encode("utf-8")).hexdigest()[:16]
@@ -43,7 +57,7 @@ def configure_logging(level: str = "INFO", json_output: bool | None = None) -> N
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=_CurrentStderr()),  # type: ignore[arg-type]
         cache_logger_on_first_use=False,
     )
     logging.basicConfig(

@@ -60,7 +60,8 @@ def preprocess(display: FloatImage, spec: PreprocessSpec) -> npt.NDArray[np.floa
     """Display image in [0, 1] (H, W) -> normalised model input of shape (1, S, S)."""
     if display.ndim != 2:
         raise ValueError(f"expected a 2-D grayscale image, got shape {display.shape}")
-    small = resize(np.clip(display, 0.0, 1.0).astype(np.float32), spec.size, spec.resize)
+    clipped = np.clip(display, 0.0, 1.0).astype(np.float32, copy=False)
+    small = resize(clipped, spec.size, spec.resize)
     return ((small - spec.mean) / spec.std).astype(np.float32)[None, :, :]
 
 

@@ -192,3 +192,12 @@ def test_unknown_target_layer_is_refused(compact_model: DenseNet) -> None:
     """A target layer other than relu or norm5 is a ValueError."""
     with pytest.raises(ValueError, match="target_layer"):
         autograd_gradcam(compact_model, torch.zeros(1, 1, 64, 64), target_layer="conv0")
+
+
+def test_full_backward_mode_gives_the_same_maps(compact_model: DenseNet) -> None:
+    """The pytorch-grad-cam style full backward yields the same maps and leaves no .grad."""
+    x = torch.randn(2, 1, 64, 64, generator=torch.Generator().manual_seed(5))
+    cheap = autograd_gradcam(compact_model, x)
+    full = autograd_gradcam(compact_model, x, backward="full")
+    assert torch.allclose(cheap, full, atol=1e-6)
+    assert all(p.grad is None for p in compact_model.parameters())
