@@ -105,6 +105,20 @@ def steps(args: argparse.Namespace) -> list[Step]:
             ),
             (err / "error_model.pt", err / "error_model.json"),
         ),
+        Step(
+            "export the ONNX model bundle (parity-checked against PyTorch)",
+            (
+                "export",
+                "onnx",
+                "--classifier",
+                str(cls),
+                "--error-model",
+                str(err),
+                "--out",
+                str(out / "bundle"),
+            ),
+            (out / "bundle" / "manifest.json",),
+        ),
     ]
 
 

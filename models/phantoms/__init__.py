@@ -1,0 +1,1 @@
+"""Synthetic chest-radiograph phantoms: anatomy, findings, sites and confounders, DICOM output."""

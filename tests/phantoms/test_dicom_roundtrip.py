@@ -1,0 +1,93 @@
+"""DICOM files written by ``triage synth`` read back with the right tags and exact pixels."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import numpy as np
+import pydicom
+import pytest
+
+from models.phantoms.dicom_writer import CR_IMAGE_STORAGE, DX_PRESENTATION_STORAGE
+from models.phantoms.render import render_frontal, render_lateral
+from tests.phantoms.phantom_data import SMALL_SIZE, SmallDataset
+
+SYNTAX_UIDS = {
+    "explicit": "1.2.840.10008.1.2.1",
+    "rle": "1.2.840.10008.1.2.5",
+    "j2k": "1.2.840.10008.1.2.4.90",
+}
+
+
+def test_every_file_has_the_tags_labels_csv_promises(small_dataset: SmallDataset) -> None:
+    """Modality, SOP class, body part, view, photometric, bits and UIDs agree with labels.csv."""
+    assert len(small_dataset.rows) > len(small_dataset.specs)  # some studies have a lateral
+    for row in small_dataset.rows:
+        ds = pydicom.dcmread(small_dataset.root / row["path"])
+        spec = small_dataset.spec_for(row["sop_uid"])
+        site = spec.site
+        assert ds.Modality == site.modality
+        assert ds.SOPClassUID == (
+            DX_PRESENTATION_STORAGE if site.modality == "DX" else CR_IMAGE_STORAGE
+        )
+        assert ds.file_meta.MediaStorageSOPClassUID == ds.SOPClassUID
+        assert ds.file_meta.TransferSyntaxUID == SYNTAX_UIDS[spec.syntax]
+        assert ds.BodyPartExamined == "CHEST"
+        assert ds.ViewPosition == row["view"]
+        assert ds.PhotometricInterpretation == site.photometric
+        assert (ds.BitsAllocated, ds.BitsStored, ds.HighBit) == (
+            16,
+            site.bits_stored,
+            site.bits_stored - 1,
+        )
+        assert ds.PixelRepresentation == 0
+        assert (ds.Rows, ds.Columns) == (SMALL_SIZE, SMALL_SIZE)
+        assert ds.StudyInstanceUID == row["study_uid"]
+        assert ds.SeriesInstanceUID == row["series_uid"]
+        assert ds.SOPInstanceUID == row["sop_uid"] == ds.file_meta.MediaStorageSOPInstanceUID
+        assert ds.PatientID == row["patient_id"]
+        assert ds.InstitutionName == row["site"]
+        assert float(ds.WindowWidth) == 2**site.bits_stored
+        assert (float(ds.RescaleSlope), float(ds.RescaleIntercept)) == (1.0, 0.0)
+        if site.modality == "DX":
+            assert ds.PresentationIntentType == "FOR PRESENTATION"
+            assert ds.ImageLaterality == "U"
+            expected = "INVERSE" if site.photometric == "MONOCHROME1" else "IDENTITY"
+            assert ds.PresentationLUTShape == expected
+
+
+def test_lossless_syntaxes_give_back_the_rendered_pixels(small_dataset: SmallDataset) -> None:
+    """Explicit VR, RLE and JPEG 2000 lossless files decode to exactly the rendered integers."""
+    seen = set()
+    for row in small_dataset.rows:
+        spec = small_dataset.spec_for(row["sop_uid"])
+        frontal = row["view"] != "LL"
+        rendered = render_frontal(spec, SMALL_SIZE) if frontal else render_lateral(spec, SMALL_SIZE)
+        pixels = pydicom.dcmread(small_dataset.root / row["path"]).pixel_array
+        assert pixels.dtype == np.uint16
+        np.testing.assert_array_equal(pixels, rendered.stored)
+        seen.add(spec.syntax)
+    assert seen == {"explicit", "rle", "j2k"}
+
+
+def test_monochrome1_is_stored_inverted(small_dataset: SmallDataset) -> None:
+    """A MONOCHROME1 image stores max minus the MONOCHROME2 value of the same rendering."""
+    spec = next(s for s in small_dataset.specs if s.site.photometric == "MONOCHROME1")
+    inverted = render_frontal(spec, SMALL_SIZE)
+    plain = render_frontal(spec, SMALL_SIZE, photometric="MONOCHROME2")
+    top = (1 << spec.site.bits_stored) - 1
+    assert inverted.photometric == "MONOCHROME1"
+    np.testing.assert_array_equal(
+        inverted.stored.astype(np.int64), top - plain.stored.astype(np.int64)
+    )
+    np.testing.assert_array_equal(inverted.image, plain.image)
+
+
+@pytest.mark.skipif(shutil.which("dcmdump") is None, reason="dcmtk (dcmdump) is not installed")
+def test_dcmtk_reads_a_written_file(small_dataset: SmallDataset) -> None:
+    """DCMTK's dcmdump parses a written file and sees the chest view."""
+    path = small_dataset.root / small_dataset.rows[0]["path"]
+    result = subprocess.run(["dcmdump", str(path)], capture_output=True, text=True, check=True)
+    assert "CHEST" in result.stdout
+    assert small_dataset.rows[0]["sop_uid"] in result.stdout
