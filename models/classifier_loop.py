@@ -176,7 +176,7 @@ def train_classifier(options: ClassifierTrainingOptions) -> dict[str, Any]:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
         scheduler.step()
         val_auc, per_label, val_loss, _ = _val_metrics(model, x_val, y_val, pw)
         improved = val_auc > best_auc

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from models.datasets import ImageTable, load_dataset, preprocessed_images
 from models.error_model import ErrorModel, ErrorModelConfig
-from models.ood import DEFAULT_SHRINKAGE, MahalanobisOOD, fit_gaussian
+from models.ood import MahalanobisOOD, fit_gaussian
 from models.runs import ClassifierRun, load_classifier_run, read_split, split_indices
 from models.training import batches, classifier_outputs, seed_everything
 from triage_common.console import print_table, track, write_json
@@ -262,7 +262,7 @@ def train_error_model(options: ErrorTrainingOptions) -> dict[str, Any]:
 
     # OOD guard: statistics on the classifier's training images.
     cls_out = classifier_outputs(run.model, x_cls)
-    mean, precision = fit_gaussian(cls_out[2])
+    mean, precision, shrinkage = fit_gaussian(cls_out[2])
     ood = MahalanobisOOD(mean.shape[0])
     ood.set_statistics(mean, precision)
 
@@ -347,7 +347,8 @@ def train_error_model(options: ErrorTrainingOptions) -> dict[str, Any]:
         "ood": {
             "kind": "mahalanobis",
             "features": int(mean.shape[0]),
-            "shrinkage": DEFAULT_SHRINKAGE,
+            "shrinkage": shrinkage,
+            "shrinkage_rule": "Ledoit-Wolf intensity towards trace/C * I",
             "fitted_on": "classifier_train",
             "threshold": ood_threshold,
             "threshold_rule": f"{options.ood_percentile}th percentile on the error-model split",

@@ -24,7 +24,7 @@ from models.datasets import load_dataset
 from models.densenet import DenseNet, config_by_name
 from models.error_loop import ERROR_MODEL_FORMAT
 from models.error_model import ErrorModel, ErrorModelConfig
-from models.ood import DEFAULT_SHRINKAGE, MahalanobisOOD, fit_gaussian
+from models.ood import MahalanobisOOD, fit_gaussian
 from models.runs import CLASSIFIER_FORMAT, make_split, write_split
 from models.splits import SplitFractions
 from models.training import classifier_outputs
@@ -114,7 +114,7 @@ def write_error_run(run: Path, classifier_run: Path, model: DenseNet) -> None:
     torch.manual_seed(1)
     spec = PreprocessSpec(size=SIZE)
     _, _, pooled = classifier_outputs(model, synthetic_inputs(48, spec, seed=3))
-    mean, precision = fit_gaussian(pooled)
+    mean, precision, shrinkage = fit_gaussian(pooled)
     ood = MahalanobisOOD(mean.shape[0])
     ood.set_statistics(mean, precision)
     with torch.no_grad():
@@ -148,7 +148,7 @@ def write_error_run(run: Path, classifier_run: Path, model: DenseNet) -> None:
         "ood": {
             "kind": "mahalanobis",
             "features": int(mean.shape[0]),
-            "shrinkage": DEFAULT_SHRINKAGE,
+            "shrinkage": shrinkage,
             "fitted_on": "classifier_train",
             "threshold": threshold,
             "threshold_rule": "99.0th percentile on the error-model split",
