@@ -84,9 +84,10 @@ def percentile_window(values: npt.NDArray[np.float64]) -> Window:
     return Window(center=(lo + hi) / 2.0 + 0.5, width=(hi - lo) + 1.0)
 
 
-#: Above this many pixels, a per-value mapping is computed once per possible stored value and
-#: looked up (bit-identical to computing it per pixel, several times faster on radiographs).
-LUT_MIN_PIXELS = 1 << 18
+#: A per-value mapping is computed once per possible stored value and looked up (bit-identical
+#: to computing it per pixel) when the image has at least this many times more pixels than the
+#: table has entries (2^BitsAllocated): several times faster on radiographs.
+LUT_MIN_RATIO = 2
 
 
 def stored_to_display(ds: Dataset, stored: npt.NDArray[Any]) -> FloatImage:
@@ -96,12 +97,13 @@ def stored_to_display(ds: Dataset, stored: npt.NDArray[Any]) -> FloatImage:
     if stored.ndim != 2:
         raise DicomDecodeError(f"expected a single-frame grayscale image, got shape {stored.shape}")
     small_ints = stored.dtype.kind in "ui" and stored.dtype.itemsize <= 2
-    if small_ints and stored.size >= LUT_MIN_PIXELS and dataset_window(ds) is not None:
+    entries = 1 << (8 * stored.dtype.itemsize)
+    if small_ints and stored.size >= LUT_MIN_RATIO * entries and dataset_window(ds) is not None:
         # With a declared window every step (rescale, window, inversion) maps each stored value
         # on its own, so the same float64 code run over all 2^bits values gives a lookup table
         # whose entries equal the per-pixel results exactly.
         unsigned = np.dtype(f"u{stored.dtype.itemsize}")
-        domain = np.arange(1 << (8 * stored.dtype.itemsize), dtype=unsigned).view(stored.dtype)
+        domain = np.arange(entries, dtype=unsigned).view(stored.dtype)
         lut = _stored_to_display(ds, domain.reshape(1, -1))[0]
         return np.take(lut, stored.view(unsigned))
     return _stored_to_display(ds, stored)

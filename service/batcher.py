@@ -1,0 +1,196 @@
+"""Inference stage: micro-batching across concurrent requests in one dedicated thread.
+
+Request threads :meth:`MicroBatcher.submit` one preprocessed image and wait on the returned
+future. The batcher thread takes the oldest waiting image, waits at most ``max_wait_ms`` (from
+that image's arrival) for more, up to ``max_batch``, and runs them through the model in one
+call. Images whose request has been cancelled or whose deadline has passed are dropped before
+the batch is formed. The queue is bounded: a full queue raises :class:`Overloaded` at once.
+
+The model is anything with ``run(batch [B, 1, S, S] float32) -> {output name: array}``
+(:class:`service.runtime.OnnxRuntimeModel` in the server, a fake in unit tests).
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from service.errors import DeadlineExceeded, InferenceFailed, NotReady, Overloaded
+from triage_common.logging import get_logger
+
+log = get_logger(__name__)
+F32 = npt.NDArray[np.float32]
+
+
+class InferenceModel(Protocol):
+    """What the batcher runs."""
+
+    def run(self, batch: F32) -> dict[str, F32]: ...
+
+
+@dataclass(frozen=True)
+class ModelOutput:
+    """The model's outputs for one image, with its queueing and inference times."""
+
+    probabilities: npt.NDArray[np.float64]  # (L,)
+    cams: F32  # (L, h, w)
+    ood_score: float
+    p_error: float
+    p_error_labels: npt.NDArray[np.float64]  # (L,)
+    queue_ms: float
+    inference_ms: float
+    batch_size: int
+
+
+@dataclass
+class _Item:
+    image: F32
+    deadline: float | None  # time.monotonic() seconds
+    future: Future[ModelOutput]
+    enqueued: float
+
+
+BatchObserver = Callable[[int, float, int], None]  # (batch size, inference seconds, queue depth)
+
+
+def split_outputs(
+    outputs: dict[str, F32], queue_ms: list[float], inference_ms: float
+) -> list[ModelOutput]:
+    """One :class:`ModelOutput` per row of a batch's outputs."""
+    n = len(queue_ms)
+    probs = np.asarray(outputs["probabilities"], dtype=np.float64)
+    cams = np.asarray(outputs["cams"], dtype=np.float32)
+    ood = np.asarray(outputs["ood_score"], dtype=np.float64).reshape(n)
+    p_error = np.asarray(outputs["p_error"], dtype=np.float64).reshape(n)
+    per_label = np.asarray(outputs["p_error_labels"], dtype=np.float64)
+    return [
+        ModelOutput(
+            probabilities=probs[i].copy(),
+            cams=cams[i].copy(),
+            ood_score=float(ood[i]),
+            p_error=float(p_error[i]),
+            p_error_labels=per_label[i].copy(),
+            queue_ms=queue_ms[i],
+            inference_ms=inference_ms,
+            batch_size=n,
+        )
+        for i in range(n)
+    ]
+
+
+class MicroBatcher:
+    """A bounded queue and one thread that runs the model on micro-batches."""
+
+    def __init__(
+        self,
+        model: InferenceModel,
+        *,
+        max_batch: int,
+        max_wait_ms: float,
+        capacity: int,
+        observer: BatchObserver | None = None,
+    ) -> None:
+        self._model = model
+        self._max_batch = max_batch
+        self._max_wait = max_wait_ms / 1000.0
+        self._capacity = capacity
+        self._observer = observer
+        self._queue: collections.deque[_Item] = collections.deque()
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._loop, name="triage-batcher", daemon=True)
+
+    @property
+    def depth(self) -> int:
+        """Images waiting for a batch."""
+        with self._cond:
+            return len(self._queue)
+
+    def start(self) -> None:
+        """Start the batcher thread."""
+        self._thread.start()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Finish the queued work, then end the thread; later submits raise NotReady."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def submit(self, image: F32, deadline: float | None) -> Future[ModelOutput]:
+        """Queue one image ``(1, S, S)``; the future resolves to its :class:`ModelOutput`."""
+        item = _Item(image, deadline, Future(), time.monotonic())
+        with self._cond:
+            if self._stopping:
+                raise NotReady("the service is shutting down")
+            if len(self._queue) >= self._capacity:
+                raise Overloaded(
+                    f"inference queue is full ({self._capacity} images waiting); retry later"
+                )
+            self._queue.append(item)
+            self._cond.notify_all()
+        return item.future
+
+    def _take(self) -> list[_Item] | None:
+        with self._cond:
+            while not self._queue and not self._stopping:
+                self._cond.wait()
+            if not self._queue:
+                return None
+            first = self._queue[0].enqueued
+            while len(self._queue) < self._max_batch and not self._stopping:
+                remaining = first + self._max_wait - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            n = min(self._max_batch, len(self._queue))
+            return [self._queue.popleft() for _ in range(n)]
+
+    def _loop(self) -> None:
+        while True:
+            taken = self._take()
+            if taken is None:
+                return
+            now = time.monotonic()
+            live: list[_Item] = []
+            for item in taken:
+                if not item.future.set_running_or_notify_cancel():
+                    continue  # the request gave up waiting
+                if item.deadline is not None and now >= item.deadline:
+                    item.future.set_exception(
+                        DeadlineExceeded("the deadline passed while waiting for inference")
+                    )
+                    continue
+                live.append(item)
+            if live:
+                self._run(live, now)
+
+    def _run(self, items: list[_Item], started: float) -> None:
+        batch = np.stack([item.image for item in items]).astype(np.float32, copy=False)
+        try:
+            t0 = time.perf_counter()
+            outputs = self._model.run(batch)
+            seconds = time.perf_counter() - t0
+            results = split_outputs(
+                outputs,
+                [(started - item.enqueued) * 1000.0 for item in items],
+                seconds * 1000.0,
+            )
+        except Exception as exc:
+            log.error("inference_failed", error=type(exc).__name__, batch=len(items))
+            for item in items:
+                item.future.set_exception(InferenceFailed("the inference runtime failed"))
+            return
+        for item, result in zip(items, results, strict=True):
+            item.future.set_result(result)
+        if self._observer is not None:
+            self._observer(len(items), seconds, self.depth)
