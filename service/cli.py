@@ -50,9 +50,21 @@ COMMANDS: tuple[Command, ...] = (
     Command(("export", "triton"), "export.triton_cli", "write a Triton model repository"),
     Command(("bench", "model"), "export.bench_cli", "bundle vs plain ONNX vs eager Grad-CAM speed"),
     Command(("demo",), "service.demo_cli", "the whole system end to end on the embedded defaults"),
+    Command(
+        ("calibrate",),
+        "service.calibration.calibrate_cli",
+        "choose the defer cost on labelled data and write the policy file",
+    ),
+    Command(
+        ("evaluate",),
+        "service.calibration.evaluate_cli",
+        "measure the defer policy against the baselines, per site",
+    ),
     Command(("serve",), "service.serve_cli", "run the gRPC triage service"),
     Command(("submit",), "service.submit_cli", "send DICOM studies to a triage server"),
     Command(("bench", "serve"), "service.bench_cli", "end-to-end gRPC throughput and latency"),
+    Command(("worklist",), "service.worklist.cli", "list, claim, release, complete, export items"),
+    Command(("bench", "durability"), "service.worklist.bench_cli", "SIGKILL the server, audit"),
 )
 
 

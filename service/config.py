@@ -102,6 +102,30 @@ Keys (default in brackets):
 ``metrics.host`` ["127.0.0.1"]
     Prometheus endpoint address.
 
+``worklist.path`` ["worklist.db"]
+    SQLite file of the worklist (WAL, synchronous FULL); a result is acknowledged to the client
+    only after it is committed there. The same study sent again with the same bundle returns
+    the stored result (``replayed``) and adds no item. An empty path turns the worklist off
+    (results are neither stored nor idempotent: for benchmarks and tests of the triage path
+    only; a warning is logged at start-up).
+``worklist.lease_seconds`` [900.0]
+    Default lease of a Claim; an expired lease returns the item to QUEUED.
+
+``routing.rules`` [the shipped defaults]
+    Ordered routing rules, first match wins, as a TOML array of tables (``[[routing.rules]]``);
+    file only. Keys of a rule: ``name``, ``worklist`` (required), ``priority`` (STAT, URGENT,
+    ROUTINE), and the conditions ``decision`` (AUTO_REPORT or DEFER), ``defer_reasons_any``,
+    ``findings_any``, ``has_findings``, ``min_probability`` (label -> probability), ``sites``
+    (InstitutionName), ``calling_ae_titles``, ``modalities``. The last rule must have no
+    condition (the default). Shipped defaults: Pneumothorax present -> radiologist STAT;
+    deferred -> radiologist ROUTINE; auto-reported with findings -> radiologist-confirm ROUTINE;
+    auto-reported normal -> ai-normal ROUTINE.
+``routing.critical_findings`` [["Pneumothorax"]]
+    Findings whose predicted presence raises the priority to ``routing.critical_priority``
+    whatever rule matched (triage may raise a priority, never lower one).
+``routing.critical_priority`` ["STAT"]
+    The priority floor of a critical finding.
+
 ``logging.level`` ["INFO"]
     Log level.
 ``logging.json`` [true]
@@ -223,6 +247,33 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class WorklistConfig:
+    """The durable worklist store."""
+
+    path: str = "worklist.db"
+    lease_seconds: float = 900.0
+
+
+@dataclass(frozen=True)
+class RoutingConfig:
+    """Routing rules (empty ``rules``: the shipped defaults) and critical-finding floors."""
+
+    rules: tuple[dict[str, Any], ...] = ()
+    critical_findings: tuple[str, ...] = ("Pneumothorax",)
+    critical_priority: str = "STAT"
+
+    def table_data(self) -> dict[str, Any]:
+        """The ``[routing]`` table in the form :func:`parse_routing` reads."""
+        data: dict[str, Any] = {
+            "critical_findings": list(self.critical_findings),
+            "critical_priority": self.critical_priority,
+        }
+        if self.rules:
+            data["rules"] = [dict(r) for r in self.rules]
+        return data
+
+
+@dataclass(frozen=True)
 class LoggingConfig:
     """Log level and format."""
 
@@ -242,6 +293,8 @@ class ServiceConfig:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    worklist: WorklistConfig = field(default_factory=WorklistConfig)
+    routing: RoutingConfig = field(default_factory=RoutingConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
 
@@ -287,6 +340,10 @@ def _coerce(value: Any, tp: Any, *, from_text: bool) -> Any:
         if isinstance(value, str) or not isinstance(value, Sequence):
             raise ValueError("expected a list")
         return tuple(_coerce(v, item, from_text=False) for v in value)
+    if origin is dict:
+        if from_text or not isinstance(value, Mapping):
+            raise ValueError("expected a table (set it in the TOML file)")
+        return dict(value)
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -614,4 +671,12 @@ def validate(config: ServiceConfig) -> list[Problem]:
         lg.level,
         f"must be one of {list(LOG_LEVELS)}",
     )
+    w = config.worklist
+    need(w.lease_seconds > 0, "worklist.lease_seconds", w.lease_seconds, "must be > 0")
+    try:
+        from service.worklist.rules import parse_routing
+
+        parse_routing(config.routing.table_data())
+    except ValueError as exc:
+        need(False, "routing.rules", "[[routing.rules]]", str(exc))
     return p

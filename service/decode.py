@@ -89,6 +89,7 @@ class InstanceHeader:
     instance_number: int | None
     has_pixel_data: bool
     transfer_syntax: str
+    institution: str = ""  # InstitutionName: the site, for routing rules (not patient data)
 
     @property
     def pixels(self) -> int:
@@ -184,6 +185,7 @@ def read_header(data: bytes, index: int, max_pixels: int) -> InstanceHeader:
         instance_number=_int(ds, "InstanceNumber", None, index),
         has_pixel_data=has_pixels,
         transfer_syntax=str(ds.file_meta.TransferSyntaxUID),
+        institution=_text(ds, "InstitutionName"),
     )
     if min(rows, columns, spp, frames) < 0:
         raise InvalidStudy(f"instance {index}: negative image dimensions in the header")

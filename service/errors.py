@@ -23,6 +23,9 @@ DeadlineExceeded            DEADLINE_EXCEEDED      the client's deadline ran out
 Cancelled                   CANCELLED              the client went away
 NotReady                    UNAVAILABLE            the model is not loaded or is shutting down
 InferenceFailed             INTERNAL               the runtime failed on a batch
+worklist NotFound           NOT_FOUND              no such item, or nothing to claim
+worklist Conflict           FAILED_PRECONDITION    the item's state or holder forbids it
+WorklistError               INVALID_ARGUMENT       a malformed worklist request
 (anything else)             INTERNAL               a bug; logged with its type only
 ==========================  =====================  ==========================================
 """
@@ -30,6 +33,8 @@ InferenceFailed             INTERNAL               the runtime failed on a batch
 from __future__ import annotations
 
 import grpc
+
+from service.worklist.store import Conflict, NotFound, WorklistError
 
 
 class TriageError(Exception):
@@ -83,6 +88,9 @@ STATUS_TABLE: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (Cancelled, grpc.StatusCode.CANCELLED),
     (NotReady, grpc.StatusCode.UNAVAILABLE),
     (InferenceFailed, grpc.StatusCode.INTERNAL),
+    (NotFound, grpc.StatusCode.NOT_FOUND),
+    (Conflict, grpc.StatusCode.FAILED_PRECONDITION),
+    (WorklistError, grpc.StatusCode.INVALID_ARGUMENT),
 )
 
 #: What the client is told for an exception outside the table (its text may hold anything).

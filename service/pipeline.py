@@ -119,6 +119,7 @@ class StudyResult:
     priority: str = ""
     calling_ae_title: str = ""  # for routing rules (issue #6)
     modality: str = ""  # of the image read
+    site: str = ""  # InstitutionName of the image read (routing rules)
 
 
 class TriagePipeline:
@@ -215,6 +216,7 @@ class TriagePipeline:
             ignored=selection.ignored,
             calling_ae_title=options.calling_ae_title,
             modality=chosen.modality,
+            site=chosen.institution,
             timings=Timings(
                 decode_ms=trace.stages_ms["decode"],
                 preprocess_ms=trace.stages_ms["preprocess"],

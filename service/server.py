@@ -35,21 +35,25 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from service._proto.triage.v1 import triage_pb2, triage_pb2_grpc
+from service._proto.triage.v1 import triage_pb2, triage_pb2_grpc, worklist_pb2
 from service.auth import BearerTokenInterceptor
 from service.batcher import InferenceModel, MicroBatcher
 from service.bundle import Bundle, load_bundle
-from service.config import ServiceConfig, is_loopback
+from service.config import ConfigError, ServiceConfig, is_loopback
 from service.metrics import Metrics
 from service.pipeline import TriagePipeline
 from service.policy import PolicySource, StaticPolicySource, policy_from_bundle
-from service.routing import Router, route
+from service.routing import Router, make_router
 from service.servicer import TriageServicer
+from service.worklist.rules import parse_routing
+from service.worklist.servicer import add_to_server as add_worklist
+from service.worklist.store import SqliteWorklistStore, WorklistStore
 from triage_common.logging import get_logger
 
 log = get_logger("service.server")
 
 TRIAGE_SERVICE = triage_pb2.DESCRIPTOR.services_by_name["Triage"].full_name
+WORKLIST_SERVICE = worklist_pb2.DESCRIPTOR.services_by_name["Worklist"].full_name
 LIVENESS = "liveness"
 READINESS = "readiness"
 MODEL = "model"
@@ -290,12 +294,17 @@ class TriageServer:
         return self._stopped.wait(timeout)
 
 
+def _register_worklist(store: WorklistStore, grpc_server: grpc.Server) -> None:
+    add_worklist(store, grpc_server)
+
+
 def create_server(
     config: ServiceConfig,
     *,
     model: InferenceModel | None = None,
     policy: PolicySource | None = None,
-    router: Router = route,
+    router: Router | None = None,
+    store: WorklistStore | None = None,
     extra_services: Sequence[tuple[str, Callable[[grpc.Server], None]]] = (),
 ) -> tuple[TriageServer, int]:
     """Build the server for ``config`` and bind its port (0: any free port); not started yet.
@@ -308,6 +317,22 @@ def create_server(
     """
     configure_decoders()
     bundle = load_bundle(Path(config.bundle))
+    if router is None:
+        try:
+            table = parse_routing(config.routing.table_data(), bundle.labels)
+        except ValueError as exc:
+            raise ConfigError(f"invalid configuration:\n  routing.rules: {exc}") from exc
+        router = make_router(table)
+    if store is None and config.worklist.path:
+        store = SqliteWorklistStore(Path(config.worklist.path))
+    if store is None:
+        log.warning("worklist_off", detail="worklist.path is empty: results are not stored")
+    else:
+        worklist_store = store
+        extra_services = (
+            *extra_services,
+            (WORKLIST_SERVICE, lambda srv: _register_worklist(worklist_store, srv)),
+        )
     policy = policy or StaticPolicySource(policy_from_bundle(bundle, config.policy))
     s = config.server
     metrics = Metrics(enabled=bool(config.metrics.port))
@@ -329,7 +354,7 @@ def create_server(
         ],
     )
     holder: list[TriageServer] = []
-    servicer = TriageServicer(s, metrics, lambda: holder[0].pipeline() if holder else None)
+    servicer = TriageServicer(s, metrics, lambda: holder[0].pipeline() if holder else None, store)
     triage_pb2_grpc.add_TriageServicer_to_server(servicer, grpc_server)  # type: ignore[no-untyped-call]
     for _name, register in extra_services:
         register(grpc_server)

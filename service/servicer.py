@@ -38,6 +38,8 @@ from service.errors import (
 )
 from service.metrics import Metrics
 from service.pipeline import RequestOptions, RequestTrace, StudyResult, TriagePipeline
+from service.worklist.rules import Priority
+from service.worklist.store import WorklistStore
 from triage_common.logging import get_logger
 
 log = get_logger("service.requests")
@@ -208,10 +210,12 @@ class TriageServicer(triage_pb2_grpc.TriageServicer):
         limits: ServerConfig,
         metrics: Metrics,
         pipeline: Callable[[], TriagePipeline | None],
+        store: WorklistStore | None = None,
     ) -> None:
         self._limits = limits
         self._metrics = metrics
         self._pipeline = pipeline  # None until the model is loaded and warmed up
+        self._store = store  # None: worklist off (tests and benchmarks of the triage path)
         self.admission = Admission(limits.max_in_flight, metrics.set_in_flight)
         self._draining = threading.Event()
 
@@ -271,7 +275,7 @@ class TriageServicer(triage_pb2_grpc.TriageServicer):
                     is_active=context.is_active,
                 )
                 result = pipeline.run(gathered.instances, options, trace)
-                reply = to_proto(result)
+                reply = self._commit(result, to_proto(result), trace)
         except Exception as exc:
             failure = exc
             code, message = status_for(exc)
@@ -283,6 +287,34 @@ class TriageServicer(triage_pb2_grpc.TriageServicer):
             context.abort(code, message)
             raise AssertionError("context.abort returned")  # pragma: no cover
         return reply
+
+    def _commit(
+        self, result: StudyResult, reply: triage_pb2.TriageResult, trace: RequestTrace
+    ) -> triage_pb2.TriageResult:
+        """Store the result on its worklist before it is acknowledged; replay a stored one.
+
+        The client sees a result only after its worklist item is committed (fsync'd). The
+        same study with the same bundle returns the stored result and adds no item.
+        """
+        if self._store is None:
+            return reply
+        tick = time.perf_counter()
+        recorded = self._store.record(
+            result.study_instance_uid,
+            result.model_version,
+            result.worklist,
+            Priority[result.priority],
+            reply.SerializeToString(),
+        )
+        trace.stages_ms["commit"] = (time.perf_counter() - tick) * 1000.0
+        if recorded.created:
+            reply.worklist_item_id = recorded.item.item_id
+            return reply
+        stored = triage_pb2.TriageResult.FromString(recorded.item.result)
+        stored.worklist_item_id = recorded.item.item_id
+        stored.replayed = True
+        trace.notes = (*trace.notes, "replayed stored result")
+        return stored
 
     def _record(
         self,

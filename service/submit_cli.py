@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from service.client_args import add_connection_arguments, channel_from, token_from
 from triage_common.logging import hash_uid
 
 
@@ -23,22 +24,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "paths", nargs="+", type=Path, metavar="PATH", help="DICOM files or folders"
     )
-    parser.add_argument(
-        "--server", default="127.0.0.1:50051", help="HOST:PORT of the triage server"
-    )
+    add_connection_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument(
         "--defer-cost", type=float, help="per-request defer cost (within the server's bounds)"
     )
     parser.add_argument(
         "--overlay", type=Path, metavar="DIR", help="ask for Grad-CAM overlays and write PNGs here"
-    )
-    parser.add_argument("--token", help="bearer token (or env TRIAGE_TOKEN)")
-    parser.add_argument("--tls-ca", type=Path, help="PEM CA bundle: use TLS and verify the server")
-    parser.add_argument("--tls-cert", type=Path, help="PEM client certificate (mutual TLS)")
-    parser.add_argument("--tls-key", type=Path, help="PEM client key (mutual TLS)")
-    parser.add_argument(
-        "--server-name", help="TLS server name to verify, when it differs from HOST"
     )
     parser.add_argument("--calling-ae-title", default="", help="sender AE title for routing rules")
     parser.add_argument(
@@ -97,18 +89,11 @@ def result_record(uid: str, result: Any) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     """Submit every study; exit status 1 when any study failed."""
-    import os
 
     import grpc
 
     from service._proto.triage.v1 import triage_pb2_grpc
-    from service.client import (
-        CallOptions,
-        ChannelOptions,
-        group_by_study,
-        open_channel,
-        triage_study,
-    )
+    from service.client import CallOptions, group_by_study, triage_study
     from triage_common.console import print_table
 
     studies, skipped = group_by_study(args.paths)
@@ -117,17 +102,8 @@ def run(args: argparse.Namespace) -> int:
     if not studies:
         print("triage submit: no DICOM studies found", file=sys.stderr)
         return 2
-    token = args.token or os.environ.get("TRIAGE_TOKEN")
-    channel = open_channel(
-        ChannelOptions(
-            args.server,
-            tls_ca=args.tls_ca,
-            tls_cert=args.tls_cert,
-            tls_key=args.tls_key,
-            token=token,
-            server_name=args.server_name,
-        )
-    )
+    token = token_from(args)
+    channel = channel_from(args)
     stub = triage_pb2_grpc.TriageStub(channel)  # type: ignore[no-untyped-call]
     options = CallOptions(
         defer_cost=args.defer_cost,

@@ -27,8 +27,17 @@ def fixture_bundle_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def make_config(bundle: Path, **dotted: Any) -> ServiceConfig:
-    """A configuration for ``bundle`` on a free loopback port with ``dotted`` overrides."""
-    overrides: dict[str, Any] = {"bundle": str(bundle), "server.port": 0, "logging.level": "INFO"}
+    """A configuration for ``bundle`` on a free loopback port with ``dotted`` overrides.
+
+    The worklist is off unless a test sets ``worklist.path``: these tests resend one study
+    (RG1) in several encodings and must see fresh inference, not the stored replay.
+    """
+    overrides: dict[str, Any] = {
+        "bundle": str(bundle),
+        "server.port": 0,
+        "logging.level": "INFO",
+        "worklist.path": "",
+    }
     overrides.update(dotted)
     return load_config(None, env={}, overrides=overrides)
 

@@ -47,12 +47,13 @@ def _slow_stream(
             release.wait(10)
 
 
-def test_serve_subprocess_torch_free_and_drains(bundle_path: Path) -> None:
+def test_serve_subprocess_torch_free_and_drains(bundle_path: Path, tmp_path: Path) -> None:
     """The server process never imports torch, serves, and finishes a call in flight on SIGTERM."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRIAGE_")}
     env["PYTHONPATH"] = str(ROOT)
     cmd = [sys.executable, "-m", "service.serve_cli", "--bundle", str(bundle_path), "--port", "0"]
     cmd += ["--set", "server.shutdown_grace_seconds=20"]
+    cmd += ["--set", f"worklist.path={tmp_path / 'worklist.db'}"]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")))  # type: ignore[union-attr]
