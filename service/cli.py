@@ -63,6 +63,7 @@ COMMANDS: tuple[Command, ...] = (
     Command(("serve",), "service.serve_cli", "run the gRPC triage service"),
     Command(("submit",), "service.submit_cli", "send DICOM studies to a triage server"),
     Command(("bench", "serve"), "service.bench_cli", "end-to-end gRPC throughput and latency"),
+    Command(("health",), "service.health_cli", "check a server's gRPC health (exit 0: SERVING)"),
     Command(("worklist",), "service.worklist.cli", "list, claim, release, complete, export items"),
     Command(("bench", "durability"), "service.worklist.bench_cli", "SIGKILL the server, audit"),
 )

@@ -13,17 +13,24 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from service.demo_serve import serve_and_submit
 
 
 @dataclass(frozen=True)
 class Step:
-    """One demo step: a triage command line and the files that show it is done."""
+    """One demo step: a triage command line (or an action) and the files that show it is done.
+
+    A step without outputs always runs.
+    """
 
     name: str
     argv: tuple[str, ...]
     outputs: tuple[Path, ...]
+    action: Callable[[], int] | None = None
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -35,13 +42,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--calibration-studies", type=int, default=800)
+    parser.add_argument("--max-defer-rate", type=float, default=0.5, help="radiologist capacity")
     parser.add_argument("--fresh", action="store_true", help="delete demo outputs and rebuild")
 
 
 def steps(args: argparse.Namespace) -> list[Step]:
     """The demo pipeline, in order."""
     out: Path = args.out
-    data, runs = out / "data", out / "runs"
+    data, runs, cal = out / "data", out / "runs", out / "calibration-data"
     cls, err = runs / "classifier", runs / "error_model"
     return [
         Step(
@@ -119,6 +128,64 @@ def steps(args: argparse.Namespace) -> list[Step]:
             ),
             (out / "bundle" / "manifest.json",),
         ),
+        Step(
+            "synthesise a fresh labelled calibration set (new patients, new seed)",
+            (
+                "synth",
+                str(cal),
+                "--studies",
+                str(args.calibration_studies),
+                "--seed",
+                str(args.seed + 1000),
+                "--size",
+                str(args.size),
+                "--scenario",
+                "confounded",
+                "--workers",
+                str(args.workers),
+            ),
+            (cal / "labels.csv",),
+        ),
+        Step(
+            "calibrate the defer cost through the served ONNX pipeline",
+            (
+                "calibrate",
+                "--bundle",
+                str(out / "bundle"),
+                "--data",
+                str(cal),
+                "--out",
+                str(out / "policy.json"),
+                "--plot",
+                str(out / "calibration.png"),
+                "--max-defer-rate",
+                str(args.max_defer_rate),
+            ),
+            (out / "policy.json",),
+        ),
+        Step(
+            "evaluate the defer policy against the baselines, per site",
+            (
+                "evaluate",
+                "--bundle",
+                str(out / "bundle"),
+                "--data",
+                str(cal),
+                "--policy",
+                str(out / "policy.json"),
+                "--out",
+                str(out / "evaluation"),
+            ),
+            (out / "evaluation" / "summary.md",),
+        ),
+        Step(
+            "serve, submit held-out studies from every site plus RG1 and RG3, show the worklist",
+            ("serve", "...", "&&", "submit", "..."),
+            (),
+            lambda: serve_and_submit(
+                out, out / "bundle", out / "policy.json", data, cls / "split.json"
+            ),
+        ),
     ]
 
 
@@ -131,12 +198,16 @@ def run(args: argparse.Namespace) -> int:
     plan = steps(args)
     for number, step in enumerate(plan, start=1):
         header = f"[{number}/{len(plan)}] {step.name}"
-        if all(p.exists() for p in step.outputs):
+        if step.outputs and all(p.exists() for p in step.outputs):
             print(f"{header}: done already, reusing {step.outputs[0]}", flush=True)
             continue
-        print(f"{header}\n  $ triage {shlex.join(step.argv)}", flush=True)
         tick = time.monotonic()
-        code = subprocess.call([sys.executable, "-m", "service.cli", *step.argv])
+        if step.action is not None:
+            print(header, flush=True)
+            code = step.action()
+        else:
+            print(f"{header}\n  $ triage {shlex.join(step.argv)}", flush=True)
+            code = subprocess.call([sys.executable, "-m", "service.cli", *step.argv])
         if code != 0:
             print(f"demo step failed ({step.name}), exit status {code}", file=sys.stderr)
             return code
