@@ -1,0 +1,62 @@
+"""``make bench``: every benchmark, figures printed and written to ``bench-results/*.json``.
+
+1. ``triage bench synth``: phantom studies/s at 512 px (rendering, and rendering + DICOM write).
+2. ``triage bench model``: full DenseNet-121 bundle vs plain ONNX classifier vs eager + Grad-CAM.
+3. ``triage bench serve``: end-to-end gRPC studies/s and latency at concurrency 1, 8, 32 for
+   uncompressed and JPEG 2000 RG1, beside model-only throughput, on a full-size 224 px bundle.
+4. ``triage bench durability``: SIGKILL mid-stream rounds on a compact bundle.
+
+Comparisons are ratios measured within one run (these machines vary 10-30% between runs).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.bundle_factory import build_bundle_subprocess  # noqa: E402
+
+OUT = ROOT / "bench-results"
+
+
+def triage(*args: str) -> int:
+    """Run one ``triage`` command in a child process, streaming its output."""
+    print(f"\n$ triage {' '.join(args)}", flush=True)
+    return subprocess.call([sys.executable, "-m", "service.cli", *args], cwd=ROOT)
+
+
+def main() -> int:
+    """Run the four benchmarks; exit status 1 if any failed."""
+    OUT.mkdir(exist_ok=True)
+    codes = [
+        triage("bench", "synth", "--studies", "100", "--size", "512"),
+        triage("bench", "model", "--iterations", "10", "--json", str(OUT / "model.json")),
+    ]
+    with tempfile.TemporaryDirectory() as tmp:
+        full = build_bundle_subprocess(Path(tmp) / "full", arch="densenet121", size=224)
+        compact = build_bundle_subprocess(Path(tmp) / "compact")
+        codes.append(
+            triage("bench", "serve", "--bundle", str(full), "--json", str(OUT / "serve.json"))
+        )
+        codes.append(
+            triage(
+                "bench",
+                "durability",
+                "--bundle",
+                str(compact),
+                "--rounds",
+                "3",
+                "--json",
+                str(OUT / "durability.json"),
+            )  # fmt: skip
+        )
+    return 1 if any(codes) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
