@@ -53,7 +53,7 @@ def main() -> int:
                 "3",
                 "--json",
                 str(OUT / "durability.json"),
-            )  # fmt: skip
+            )
         )
     return 1 if any(codes) else 0
 
