@@ -165,6 +165,9 @@ def run(args: argparse.Namespace) -> int:
     overrides: dict[str, Any] = dict(parse_set_flags(args.set))
     overrides.update({"bundle": str(args.bundle), "server.port": 0, "server.host": "127.0.0.1"})
     overrides.setdefault("logging.level", "WARNING")
+    # The bench resends one file: with the worklist on, every call after the first would be an
+    # idempotent replay. It measures the triage path; `triage bench durability` the worklist.
+    overrides.setdefault("worklist.path", "")
     config = load_config(args.config, overrides=overrides)
     from triage_common.logging import configure_logging
 
