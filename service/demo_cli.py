@@ -94,6 +94,8 @@ def steps(args: argparse.Namespace) -> list[Step]:
                 str(args.input_size),
                 "--epochs",
                 str(args.epochs),
+                "--lr",
+                str(args.lr),
                 "--seed",
                 str(args.seed),
             ),
