@@ -64,13 +64,17 @@ def parse_label(text: str) -> tuple[str, bool]:
 def item_record(item: Any) -> dict[str, Any]:
     """A worklist item as a flat record (CSV/JSON export and the list table)."""
     from service._proto.triage.v1 import triage_pb2, worklist_pb2
+    from service.worklist.rules import Priority
 
     result = item.result
+    priority = Priority(item.priority) if item.priority else None
     return {
         "item_id": item.item_id,
         "study_instance_uid": item.study_instance_uid,
         "worklist": item.worklist,
         "priority": triage_pb2.Priority.Name(item.priority),
+        "priority_dicom_ups": priority.ups if priority else "",
+        "priority_fhir_task": priority.fhir if priority else "",
         "state": worklist_pb2.ItemState.Name(item.state),
         "decision": triage_pb2.Decision.Name(result.decision),
         "p_error": round(result.p_error, 6),

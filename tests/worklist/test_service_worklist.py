@@ -154,6 +154,11 @@ def test_labelled_export_feeds_calibration(
         )
         == 0
     )
+    table = tmp_path / "items.json"
+    assert main(["worklist", *server, "export", "--format", "json", "--out", str(table)]) == 0
+    (record,) = json.loads(table.read_text())
+    assert record["priority_dicom_ups"] in ("LOW", "MEDIUM", "HIGH")
+    assert record["priority_fhir_task"] in ("routine", "urgent", "stat")
     out = tmp_path / "reads.jsonl"
     assert main(["worklist", *server, "export", "--labelled", "--out", str(out)]) == 0
     (line,) = [json.loads(x) for x in out.read_text().splitlines()]
