@@ -29,6 +29,7 @@ from triage_common.metrics import (
     top_fraction_iou,
 )
 from triage_common.preprocess import resize
+from triage_common.scores import entropy_score, softmax_response_score
 
 log = get_logger(__name__)
 ERROR_MODEL_FORMAT = "cxr-triage/error-model/1"
@@ -149,19 +150,6 @@ def fit_error_model(
         "train_error_rate": float(torch.nanmean(y[:, 0])),
         "pos_weight": pos_weight.tolist(),
     }
-
-
-def softmax_response_score(probs: F32, thresholds: F64) -> F64:
-    """Error score of the softmax-response baseline: minus the smallest margin to a threshold."""
-    margin: F64 = np.abs(probs.astype(np.float64) - thresholds[None, :]).min(axis=1)
-    return -margin
-
-
-def entropy_score(probs: F32) -> F64:
-    """Error score of the entropy baseline: the sum of binary entropies."""
-    p = np.clip(probs.astype(np.float64), 1e-7, 1 - 1e-7)
-    total: F64 = -(p * np.log(p) + (1 - p) * np.log(1 - p)).sum(axis=1)
-    return total
 
 
 def cam_iou(table: ImageTable, cams: F32, label_names: tuple[str, ...]) -> dict[str, float]:

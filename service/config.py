@@ -85,6 +85,8 @@ Keys (default in brackets):
     Defer cost when the request sets none.
 ``policy.min_defer_cost`` / ``policy.max_defer_cost`` [0.0 / 1.0]
     Bounds of a per-request override (outside: INVALID_ARGUMENT).
+``policy.file`` [""]
+    Calibrated policy file (``triage calibrate``); loaded at start-up, reloaded on SIGHUP.
 
 ``security.tls_cert`` / ``security.tls_key`` [""]
     PEM server certificate chain and key; both set turns TLS on.
@@ -209,6 +211,7 @@ class PolicyConfig:
     defer_cost: float | None = None
     min_defer_cost: float = 0.0
     max_defer_cost: float = 1.0
+    file: str = ""
 
 
 @dataclass(frozen=True)

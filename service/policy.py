@@ -4,12 +4,16 @@ Rule: AUTO_REPORT if and only if ``P(error) <= defer cost`` and ``ood_score <= O
 otherwise DEFER with every reason that applies (``P_ERROR_ABOVE_COST``,
 ``OUT_OF_DISTRIBUTION``). A NaN P(error) or OOD score defers with the corresponding reason.
 
-The pipeline reads a :class:`Policy` from a :class:`PolicySource` once per request. Today the
-source is :class:`StaticPolicySource` built by :func:`policy_from_bundle` (the bundle's default
-defer cost and OOD threshold, ``policy.defer_cost`` overriding the cost). The calibrated policy
-file (issue #7) plugs in as another :class:`PolicySource` whose ``current()`` returns a policy
-with ``recalibrate`` set and a ``version``; a reload swaps the object atomically, and a request
-always uses the one policy it read at its start.
+The pipeline reads a :class:`Policy` from a :class:`PolicySource` once per request. Without a
+calibrated policy the source is :class:`StaticPolicySource` built by :func:`policy_from_bundle`
+(the bundle's default defer cost and OOD threshold, ``policy.defer_cost`` overriding the cost).
+With ``policy.file`` (``triage serve --policy FILE``, written by ``triage calibrate``) it is
+:class:`FilePolicySource`: the file's cost, P(error) recalibration map and OOD threshold, with
+the policy id as ``version``. A policy made for another bundle is refused at start-up.
+:meth:`FilePolicySource.reload` (``triage serve`` calls it on SIGHUP) re-reads the file and
+swaps the policy object atomically; a request always uses the one policy it read at its start,
+so no request is dropped or sees half of each. A file that fails to load (malformed, another
+bundle, cost outside the override bounds) keeps the old policy and logs an error.
 """
 
 from __future__ import annotations
@@ -18,11 +22,16 @@ import math
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 from service.bundle import Bundle
+from service.calibration.policy_file import CalibratedPolicy, PolicyFileError, read_policy
 from service.config import PolicyConfig
 from service.errors import PolicyOutOfBounds
+from triage_common.logging import get_logger
+
+log = get_logger("service.policy")
 
 AUTO_REPORT = "AUTO_REPORT"
 DEFER = "DEFER"
@@ -99,6 +108,81 @@ def policy_from_bundle(bundle: Bundle, config: PolicyConfig) -> Policy:
         min_defer_cost=config.min_defer_cost,
         max_defer_cost=config.max_defer_cost,
     )
+
+
+def policy_from_calibration(calibrated: CalibratedPolicy, config: PolicyConfig) -> Policy:
+    """The policy a calibrated policy file describes, with the override bounds of ``config``."""
+    if not config.min_defer_cost <= calibrated.defer_cost <= config.max_defer_cost:
+        raise PolicyFileError(
+            f"the calibrated defer cost {calibrated.defer_cost} lies outside "
+            f"[policy.min_defer_cost, policy.max_defer_cost] = "
+            f"[{config.min_defer_cost}, {config.max_defer_cost}]"
+        )
+    return Policy(
+        defer_cost=calibrated.defer_cost,
+        ood_threshold=calibrated.ood_threshold,
+        min_defer_cost=config.min_defer_cost,
+        max_defer_cost=config.max_defer_cost,
+        version=calibrated.policy_id,
+        recalibrate=calibrated.recalibration,
+    )
+
+
+class FilePolicySource(StaticPolicySource):
+    """The calibrated policy of a ``triage calibrate`` file; :meth:`reload` re-reads it.
+
+    The constructor raises :class:`PolicyFileError` when the file cannot be used (missing,
+    malformed, made for another bundle, cost outside the bounds): the server does not start.
+    """
+
+    def __init__(self, path: Path, bundle: Bundle, config: PolicyConfig) -> None:
+        self.path = Path(path)
+        self.bundle_id = bundle.bundle_id
+        self.config = config
+        self._reload_lock = threading.Lock()
+        super().__init__(self._read())
+
+    def _read(self) -> Policy:
+        return policy_from_calibration(read_policy(self.path, self.bundle_id), self.config)
+
+    def reload(self) -> bool:
+        """Re-read the file and swap the policy in; on failure keep the old one and log why."""
+        with self._reload_lock:
+            old = self.current()
+            try:
+                new = self._read()
+            except (PolicyFileError, OSError, ValueError) as exc:
+                log.error(
+                    "policy_reload_failed",
+                    path=str(self.path),
+                    error=type(exc).__name__,
+                    detail=str(exc),
+                    kept_policy_version=old.version,
+                )
+                return False
+            self.replace(new)
+            log.info(
+                "policy_reloaded",
+                path=str(self.path),
+                policy_version=new.version,
+                previous_policy_version=old.version,
+                defer_cost=new.defer_cost,
+                ood_threshold=new.ood_threshold,
+            )
+            return True
+
+
+def policy_source(bundle: Bundle, config: PolicyConfig) -> StaticPolicySource:
+    """The source ``triage serve`` uses: the policy file when ``policy.file`` is set, else the
+    bundle default. Raises :class:`PolicyFileError` (file) or ``ValueError`` (bounds)."""
+    if config.file:
+        if config.defer_cost is not None:
+            raise PolicyFileError(
+                "policy.defer_cost and policy.file are both set: the calibrated policy file "
+                "carries the defer cost; unset one of them"
+            )
+        return FilePolicySource(Path(config.file), bundle, config)
+    return StaticPolicySource(policy_from_bundle(bundle, config))
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,11 @@
 Configuration keys, their environment variables and precedence are documented in
 :mod:`service.config`. Also runnable as ``python -m service.serve_cli --bundle B``.
 
+``--policy FILE`` (key ``policy.file``) loads a calibrated policy written by ``triage
+calibrate`` (refused if it was made for another bundle); SIGHUP re-reads it and swaps it in
+without dropping a request (a file that fails to load keeps the old policy and logs
+``policy_reload_failed``).
+
 Every log line of the server's life cycle (``listening``, ``ready``, ``stopped``) carries
 ``torch_loaded``: whether ``torch`` is in ``sys.modules`` (it must stay false; the serving path
 imports neither torch nor the train-time packages).
@@ -33,6 +38,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metrics-port", type=int, help="Prometheus port (metrics.port; 0: off)")
     parser.add_argument("--log-level", help="log level (logging.level)")
     parser.add_argument(
+        "--policy",
+        type=Path,
+        help="calibrated policy file from `triage calibrate` (policy.file); SIGHUP reloads it",
+    )
+    parser.add_argument(
         "--set",
         action="append",
         default=[],
@@ -49,6 +59,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         ("server.host", args.host),
         ("metrics.port", args.metrics_port),
         ("logging.level", args.log_level),
+        ("policy.file", None if args.policy is None else str(args.policy)),
     ):
         if value is not None:
             out[key] = value
@@ -69,22 +80,48 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         server, port = create_server(config)
+        if config.policy.file:
+            current = server.policy.current()
+            log.info(
+                "policy_loaded",
+                path=config.policy.file,
+                policy_version=current.version,
+                defer_cost=current.defer_cost,
+                ood_threshold=current.ood_threshold,
+            )
     except (BundleError, ValueError, OSError) as exc:
         log.error("startup_failed", error=type(exc).__name__, detail=str(exc))
         print(f"triage serve: {exc}", file=sys.stderr)
         return 1
     stop_requested = threading.Event()
+    reload_requested = threading.Event()
+    wake = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         del frame
         log.info("signal", signal=signal.Signals(signum).name)
         stop_requested.set()
+        wake.set()
+
+    def on_hangup(signum: int, frame: FrameType | None) -> None:
+        del signum, frame
+        reload_requested.set()
+        wake.set()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    if hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, on_hangup)
     server.start()
     print(f"triage serve: listening on {config.server.host}:{port}", file=sys.stderr, flush=True)
-    while not stop_requested.wait(0.5):
+    while True:
+        wake.wait(0.5)
+        wake.clear()
+        if stop_requested.is_set():
+            break
+        if reload_requested.is_set():
+            reload_requested.clear()
+            _reload_policy(server.policy, log)
         if server.wait_for_termination(0):
             break
         try:
@@ -94,6 +131,15 @@ def run(args: argparse.Namespace) -> int:
             return 1
     server.stop().wait()
     return 0
+
+
+def _reload_policy(policy: object, log: Any) -> None:
+    """SIGHUP: re-read the calibrated policy file (the source logs the outcome)."""
+    reload = getattr(policy, "reload", None)
+    if reload is None:
+        log.warning("sighup_ignored", reason="no policy.file configured: nothing to reload")
+        return
+    reload()
 
 
 def main(argv: list[str] | None = None) -> int:

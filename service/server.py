@@ -42,7 +42,7 @@ from service.bundle import Bundle, load_bundle
 from service.config import ConfigError, ServiceConfig, is_loopback
 from service.metrics import Metrics
 from service.pipeline import TriagePipeline
-from service.policy import PolicySource, StaticPolicySource, policy_from_bundle
+from service.policy import PolicySource, policy_source
 from service.routing import Router, make_router
 from service.servicer import TriageServicer
 from service.worklist.rules import parse_routing
@@ -333,7 +333,7 @@ def create_server(
             *extra_services,
             (WORKLIST_SERVICE, lambda srv: _register_worklist(worklist_store, srv)),
         )
-    policy = policy or StaticPolicySource(policy_from_bundle(bundle, config.policy))
+    policy = policy or policy_source(bundle, config.policy)
     s = config.server
     metrics = Metrics(enabled=bool(config.metrics.port))
     interceptors = []

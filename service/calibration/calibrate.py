@@ -9,7 +9,7 @@ loss); sweep a grid of defer costs; pick the cost by one of three rules; write t
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -40,6 +40,10 @@ class CalibrationSet:
     truth: F64  # (N, L), NaN where unknown
     sites: tuple[str, ...]
     source: str
+    # Optional (evaluation): the unit of the bootstrap, the image for mask look-ups, the maps.
+    patient_ids: tuple[str, ...] = ()
+    sop_uids: tuple[str, ...] = ()
+    cams: npt.NDArray[np.float32] | None = None  # (N, L, h, w)
 
     def __post_init__(self) -> None:
         n = len(self.p_error_raw)
@@ -48,9 +52,36 @@ class CalibrationSet:
             and self.truth.shape == (n, len(self.labels))
             and self.ood_score.shape == (n,)
             and len(self.sites) == n
+            and len(self.patient_ids) in (0, n)
+            and len(self.sop_uids) in (0, n)
+            and (self.cams is None or self.cams.shape[:2] == (n, len(self.labels)))
         )
         if not shapes_ok:
             raise ValueError("calibration set arrays disagree in shape")
+
+    def __len__(self) -> int:
+        return len(self.p_error_raw)
+
+    def subset(self, index: npt.ArrayLike) -> CalibrationSet:
+        """Rows ``index`` (integer positions, repeats allowed, or a boolean mask), in order."""
+        idx = np.asarray(index)
+        if idx.dtype == bool:
+            idx = np.flatnonzero(idx)
+
+        def pick(values: tuple[str, ...]) -> tuple[str, ...]:
+            return tuple(values[i] for i in idx) if values else ()
+
+        return replace(
+            self,
+            probabilities=self.probabilities[idx],
+            p_error_raw=self.p_error_raw[idx],
+            ood_score=self.ood_score[idx],
+            truth=self.truth[idx],
+            sites=pick(self.sites),
+            patient_ids=pick(self.patient_ids),
+            sop_uids=pick(self.sop_uids),
+            cams=None if self.cams is None else self.cams[idx],
+        )
 
     @property
     def wrong(self) -> F64:

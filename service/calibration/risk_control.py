@@ -12,11 +12,17 @@ the lowest deferral whose risk is certified. The family-wise error is at most de
 order is fixed before looking at the data.
 
 With zero errors the p-value is (1 - target)^n, so certifying needs
-n >= log(delta) / log(1 - target) kept studies (149 for target 2 %, delta 5 %). Candidates that
-keep fewer studies than that are not tested at all (no labelling of them could be certified, so
-testing them would only stop the sequence early); that choice depends on the P(error) scores
-alone, never on the labels. ``tests/calibration`` checks the resulting violation rate in
-simulation.
+n >= log(delta) / log(1 - target) kept studies (149 for target 2 %, delta 5 %).
+
+Where the sequence starts: a candidate keeping only a handful of studies can hardly be
+certified, and one unlucky cluster of errors there ends the whole sequence (an error model's
+lowest-P(error) studies are not always its most accurate ones). So candidates are tested only
+from the first one that keeps ``start_n`` studies: the larger of the smallest n at which a true
+risk of half the target would pass at its expected error count, and ``START_SHARE`` of the
+studies that can be auto-reported at all (capped at that number, and never below the
+certifiable minimum above). This rule reads the kept counts alone, which
+depend on the P(error) scores and never on the labels, so the order of the tests is still fixed
+before the labels are seen. ``tests/calibration`` checks the violation rate in simulation.
 """
 
 from __future__ import annotations
@@ -56,6 +62,18 @@ def min_studies_for(target: float, delta: float) -> int:
     return math.ceil(math.log(delta) / math.log1p(-target))
 
 
+#: The sequence starts no earlier than the cost that auto-reports this share of eligible studies.
+START_SHARE = 0.10
+
+
+def powered_start(target: float, delta: float, limit: int = 100_000) -> int:
+    """Smallest n where floor(n * target / 2) errors among n kept studies certify ``target``."""
+    n = min_studies_for(target, delta)
+    while n < limit and binomial_cdf(int(n * target / 2), n, target) > delta:
+        n += 1
+    return n
+
+
 @dataclass(frozen=True)
 class Certified:
     """The outcome of fixed-sequence testing over a grid of costs."""
@@ -91,16 +109,21 @@ def certify_cost(
     y = np.asarray(wrong, dtype=bool)
     ok = np.asarray(eligible, dtype=bool)
     need = min_studies_for(target, delta)
+    eligible = int(ok.sum())
+    wanted = max(powered_start(target, delta), math.ceil(START_SHARE * eligible))
+    start_n = max(need, min(wanted, eligible))
     best: Certified | None = None
     most_kept = 0
+    stopped = "the end of the grid"
     for cost in np.sort(np.asarray(grid, dtype=np.float64)):
         kept = ok & (p <= cost)
         n, k = int(kept.sum()), int((y & kept).sum())
         most_kept = max(most_kept, n)
-        if n < need:
-            continue  # cannot be certified whatever the labels: not a test in the sequence
+        if n < start_n:
+            continue  # before the sequence starts (decided from counts only, see above)
         p_value = binomial_cdf(k, n, target)
         if p_value > delta:
+            stopped = f"cost {cost:.3g} ({n} auto-reported, {k} wrong, p = {p_value:.3g})"
             break
         best = Certified(float(cost), n, k, p_value, 1.0 - n / len(p), k / n)
     if best is None:
@@ -114,7 +137,9 @@ def certify_cost(
                 f"with no errors (the set has {len(p)} studies, {int(ok.sum())} not OOD)"
             )
         raise NotEnoughData(
-            f"{claim}: the auto-reported error rate is too high at every cost of the grid; "
-            "more calibration studies or a higher target risk are needed"
+            f"{claim}: the fixed sequence of tests stopped at {stopped} before certifying any "
+            f"cost (it starts at {start_n} auto-reported studies); the error rate of the most "
+            "confident studies is too close to the target: use more calibration studies or a "
+            "higher target risk"
         )
     return best

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from models.error_loop import ErrorTrainingOptions, entropy_score, softmax_response_score
+from models.error_loop import ErrorTrainingOptions
 from models.error_loop import train_error_model as train_error
 from models.runs import load_classifier_run, read_split
 from service.cli import main
+from triage_common.scores import entropy_score, softmax_response_score
 
 pytestmark = pytest.mark.slow
 
