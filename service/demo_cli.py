@@ -51,7 +51,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def steps(args: argparse.Namespace) -> list[Step]:
     """The demo pipeline, in order."""
     out: Path = args.out
-    data, runs, cal = out / "data", out / "runs", out / "calibration-data"
+    data, runs = out / "data", out / "runs"
+    cal, evl = out / "calibration-data", out / "evaluation-data"
     cls, err = runs / "classifier", runs / "error_model"
     return [
         Step(
@@ -167,13 +168,31 @@ def steps(args: argparse.Namespace) -> list[Step]:
             (out / "policy.json",),
         ),
         Step(
+            "synthesise a separate labelled evaluation set (new patients, new seed)",
+            (
+                "synth",
+                str(evl),
+                "--studies",
+                str(args.calibration_studies),
+                "--seed",
+                str(args.seed + 2000),
+                "--size",
+                str(args.size),
+                "--scenario",
+                "confounded",
+                "--workers",
+                str(args.workers),
+            ),
+            (evl / "labels.csv",),
+        ),
+        Step(
             "evaluate the defer policy against the baselines, per site",
             (
                 "evaluate",
                 "--bundle",
                 str(out / "bundle"),
                 "--data",
-                str(cal),
+                str(evl),
                 "--policy",
                 str(out / "policy.json"),
                 "--out",

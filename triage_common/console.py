@@ -23,7 +23,7 @@ from rich.table import Table
 T = TypeVar("T")
 
 _stderr = Console(stderr=True)
-_stdout = Console(width=160 if not sys.stdout.isatty() else None)
+_stdout = Console(width=200 if not sys.stdout.isatty() else None)
 
 
 def track(iterable: Iterable[T], total: int | None, description: str) -> Iterator[T]:
