@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -21,11 +20,11 @@ import numpy as np
 import numpy.typing as npt
 
 from triage_common.console import track
+from triage_common.csv_tables import FRONTAL_VIEWS, read_frontal_rows
 from triage_common.labels import DEFAULT_LABELS, severity_column, truth_column
 from triage_common.preprocess import PreprocessSpec, preprocess_file
 
 UncertainPolicy = Literal["ignore", "ones", "zeros"]
-FRONTAL_VIEWS = ("PA", "AP")
 
 
 @dataclass(frozen=True)
@@ -134,9 +133,6 @@ def load_phantoms(data: Path, label_names: Sequence[str] | None = None) -> Image
     )
 
 
-_PATIENT_IN_PATH = re.compile(r"(patient\d+|p\d{8})")
-
-
 def load_csv_dataset(
     csv_path: Path,
     label_names: Sequence[str] | None = None,
@@ -151,39 +147,20 @@ def load_csv_dataset(
     plus ``AP/PA`` (CheXpert) or ``ViewPosition`` (MIMIC-CXR); lateral rows are dropped.
     """
     root = image_root or csv_path.parent
-    with csv_path.open(newline="") as fh:
-        reader = csv.DictReader(fh)
-        columns = reader.fieldnames or []
-        rows = list(reader)
-    path_col = next((c for c in ("path", "Path", "image_path", "filename") if c in columns), None)
-    if path_col is None:
-        raise ValueError(f"{csv_path} has no path column (looked for path, Path, image_path)")
+    columns, rows = read_frontal_rows(csv_path)
     names = tuple(label_names or [n for n in DEFAULT_LABELS if n in columns])
     missing = [n for n in names if n not in columns]
     if missing or not names:
         raise ValueError(f"{csv_path} lacks label columns {missing or list(DEFAULT_LABELS)}")
-    patient_col = next((c for c in ("patient_id", "subject_id", "PatientID") if c in columns), None)
     kept: list[tuple[str, str, str]] = []
     label_rows: list[list[float]] = []
-    for line, row in enumerate(rows, start=2):
-        view = (row.get("ViewPosition") or row.get("AP/PA") or "").strip().upper()
-        if row.get("Frontal/Lateral", "Frontal").strip() != "Frontal":
-            continue
-        if "ViewPosition" in row and view not in FRONTAL_VIEWS:
-            continue
-        if patient_col is not None:
-            patient = row[patient_col].strip()
-        else:
-            found = _PATIENT_IN_PATH.search(row[path_col])
-            if found is None:
-                raise ValueError(f"{csv_path}:{line}: cannot tell the patient from the path")
-            patient = found.group(1)
+    for item in rows:
         try:
-            label_rows.append([_parse_label(row[n], uncertain) for n in names])
+            label_rows.append([_parse_label(item.row[n], uncertain) for n in names])
         except ValueError as exc:
-            raise ValueError(f"{csv_path}:{line}: {exc}") from exc
-        study = row.get("study_id") or str(Path(row[path_col]).parent)
-        kept.append((row[path_col], patient, study))
+            raise ValueError(f"{csv_path}:{item.line}: {exc}") from exc
+        study = item.row.get("study_id") or str(Path(item.path).parent)
+        kept.append((item.path, item.patient, study))
     n = len(kept)
     return ImageTable(
         root=root,

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import csv
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,10 +26,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-FRONTAL_VIEWS = ("PA", "AP")
-_PATIENT_IN_PATH = re.compile(r"(patient\d+|p\d{8})")
-_PATH_COLUMNS = ("path", "Path", "image_path", "filename")
-_PATIENT_COLUMNS = ("patient_id", "subject_id", "PatientID")
+from triage_common.csv_tables import FRONTAL_VIEWS, read_frontal_rows
 
 
 @dataclass(frozen=True)
@@ -117,38 +113,16 @@ def read_csv(
 ) -> LabelledSet:
     """A CheXpert/MIMIC-style CSV (frontal rows; -1 is unknown, blank is negative)."""
     root = image_root or csv_path.parent
-    with csv_path.open(newline="") as fh:
-        reader = csv.DictReader(fh)
-        columns = reader.fieldnames or []
-        rows = list(reader)
-    path_col = next((c for c in _PATH_COLUMNS if c in columns), None)
-    if path_col is None:
-        raise ValueError(f"{csv_path} has no path column (one of {', '.join(_PATH_COLUMNS)})")
-    missing = [name for name in labels if name not in columns]
-    if missing:
-        raise ValueError(f"{csv_path} has no column for the bundle's labels {missing}")
-    patient_col = next((c for c in _PATIENT_COLUMNS if c in columns), None)
+    _, rows = read_frontal_rows(csv_path, labels)
     paths: list[Path] = []
     patients: list[str] = []
     sites: list[str] = []
     truth: list[list[float]] = []
-    for line, row in enumerate(rows, start=2):
-        if (row.get("Frontal/Lateral") or "Frontal").strip() != "Frontal":
-            continue
-        view = (row.get("ViewPosition") or row.get("AP/PA") or "").strip().upper()
-        if "ViewPosition" in row and view not in FRONTAL_VIEWS:
-            continue
-        if patient_col is not None:
-            patient = row[patient_col].strip()
-        else:
-            found = _PATIENT_IN_PATH.search(row[path_col])
-            if found is None:
-                raise ValueError(f"{csv_path}:{line}: cannot tell the patient from the path")
-            patient = found.group(1)
-        truth.append([_cell(row[n], np.nan, f"{csv_path}:{line}") for n in labels])
-        paths.append(root / row[path_col])
-        patients.append(patient)
-        sites.append((row.get("site") or "").strip() or "csv")
+    for item in rows:
+        truth.append([_cell(item.row[n], np.nan, f"{csv_path}:{item.line}") for n in labels])
+        paths.append(root / item.path)
+        patients.append(item.patient)
+        sites.append((item.row.get("site") or "").strip() or "csv")
     return LabelledSet(
         root=root,
         kind="csv",

@@ -73,18 +73,20 @@ def write_csv_dataset(root: Path, patients: int = 12) -> Path:
     return csv_path
 
 
-def write_classifier_run(run: Path, dataset: Path, seed: int = 0) -> DenseNet:
+def write_classifier_run(
+    run: Path, dataset: Path, seed: int = 0, arch: str = "compact", size: int = SIZE
+) -> DenseNet:
     """``classifier.pt`` + ``classifier.json`` + ``split.json`` as ``triage train classifier``."""
     run.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    config = config_by_name("compact", len(LABELS), 1, "relu")
+    config = config_by_name(arch, len(LABELS), 1, "relu")
     model = DenseNet(config)
     model.train()
     with torch.no_grad():  # batch-norm running statistics from a few random batches
         for _ in range(3):
-            model(torch.randn(8, 1, SIZE, SIZE))
+            model(torch.randn(4, 1, size, size))
     model.eval()
-    spec = PreprocessSpec(size=SIZE)
+    spec = PreprocessSpec(size=size)
     table = load_dataset(dataset, LABELS)
     split = make_split(table, SplitFractions(), seed)
     write_split(run, split)
@@ -92,7 +94,7 @@ def write_classifier_run(run: Path, dataset: Path, seed: int = 0) -> DenseNet:
     meta: dict[str, Any] = {
         "format": CLASSIFIER_FORMAT,
         "labels": list(LABELS),
-        "architecture": {"name": "compact", **asdict(config)},
+        "architecture": {"name": arch, **asdict(config)},
         "preprocess": spec.to_dict(),
         "thresholds": [0.3, 0.4, 0.5, 0.6],
         "threshold_rule": "per label, Youden's J on the validation split",
