@@ -24,11 +24,10 @@ def build(out: Path, data: Path, size: int = 64) -> Path:
     """Random-init runs on ``data`` exported with ``triage export onnx`` to ``out``."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from service.cli import main
-    from tests.bundle_factory import write_classifier_run
-    from tests.export.export_runs import write_error_run
+    from tests.export.export_runs import write_classifier_run, write_error_run
 
     work = out.parent / f".{out.name}-runs"
-    model = write_classifier_run(work / "classifier", data, "compact", size)
+    model = write_classifier_run(work / "classifier", data, arch="compact", size=size)
     write_error_run(work / "error", work / "classifier", model)
     meta_path = work / "error" / "error_model.json"
     meta = json.loads(meta_path.read_text())
