@@ -80,6 +80,11 @@ Keys (default in brackets):
     ONNX Runtime intra-op threads (0: ONNX Runtime's default).
 ``inference.warmup_runs`` [2]
     Batches run at start-up before the service reports SERVING.
+``inference.trt_engine_cache`` [""]
+    Folder where ONNX Runtime's TensorRT provider keeps the engines it builds (the first start
+    on a new GPU builds them, which takes minutes for DenseNet-121); empty: no cache.
+``inference.trt_fp16`` [true]
+    Let the TensorRT provider use FP16 kernels.
 
 ``policy.defer_cost`` [unset: the bundle's default]
     Defer cost when the request sets none.
@@ -202,6 +207,8 @@ class InferenceConfig:
     queue_capacity: int = 64
     intra_op_threads: int = 0
     warmup_runs: int = 2
+    trt_engine_cache: str = ""
+    trt_fp16: bool = True
 
 
 @dataclass(frozen=True)

@@ -205,14 +205,16 @@ class TriageServer:
     def _build_model(self) -> tuple[InferenceModel, list[str]]:
         if self._model is not None:
             return self._model, ["injected"]
-        from service.runtime import OnnxRuntimeModel
+        from service.runtime import OnnxRuntimeModel, ProviderSettings
 
         inference = self.config.inference
+        cache = Path(inference.trt_engine_cache) if inference.trt_engine_cache else None
         model = OnnxRuntimeModel(
             self.bundle.model_file,
             providers=[PROVIDER_NAMES[p] for p in inference.providers],
             intra_op_threads=inference.intra_op_threads,
             allow_spinning=False,  # decode threads share the cores with ORT's pool
+            settings=ProviderSettings(trt_engine_cache=cache, trt_fp16=inference.trt_fp16),
         )
         return model, model.providers
 
