@@ -11,14 +11,20 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from models.datasets import ImageTable, load_dataset, preprocessed_images
 from models.densenet import DenseNet, config_by_name
 from models.runs import CLASSIFIER_FORMAT, make_split, read_split, split_indices, write_split
 from models.splits import SplitFractions
-from models.training import augment, batches, classifier_outputs, save_atomic, seed_everything
+from models.training import (
+    augment,
+    batches,
+    classifier_outputs,
+    masked_bce,
+    save_atomic,
+    seed_everything,
+)
 from models.weights import load_weights
 from triage_common.console import print_table, track, write_json
 from triage_common.logging import get_logger
@@ -57,14 +63,6 @@ class ClassifierTrainingOptions:
     hflip: bool = False
     max_images: int | None = None
     resume: bool = False
-
-
-def masked_bce(logits: Tensor, targets: Tensor, pos_weight: Tensor) -> Tensor:
-    """BCE with logits averaged over non-missing (non-NaN) targets."""
-    mask = ~torch.isnan(targets)
-    safe = torch.where(mask, targets, torch.zeros_like(targets))
-    loss = F.binary_cross_entropy_with_logits(logits, safe, pos_weight=pos_weight, reduction="none")
-    return (loss * mask).sum() / mask.sum().clamp(min=1)
 
 
 def positive_weights(labels: npt.NDArray[np.float64]) -> Tensor:

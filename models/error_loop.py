@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -12,13 +11,13 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import torch
-import torch.nn.functional as F
 
 from models.datasets import ImageTable, load_dataset, preprocessed_images
 from models.error_model import ErrorModel, ErrorModelConfig
 from models.ood import MahalanobisOOD, fit_gaussian
 from models.runs import ClassifierRun, load_classifier_run, read_split, split_indices
-from models.training import batches, classifier_outputs, seed_everything
+from models.training import batches, classifier_outputs, masked_bce, seed_everything
+from triage_common.bundle_format import sha256_file
 from triage_common.console import print_table, track, write_json
 from triage_common.logging import get_logger
 from triage_common.metrics import (
@@ -86,15 +85,6 @@ def _concat(parts: list[Outputs]) -> Outputs:
     )
 
 
-def _masked_bce(
-    logits: torch.Tensor, targets: torch.Tensor, pos_weight: torch.Tensor
-) -> torch.Tensor:
-    mask = ~torch.isnan(targets)
-    safe = torch.where(mask, targets, torch.zeros_like(targets))
-    loss = F.binary_cross_entropy_with_logits(logits, safe, pos_weight=pos_weight, reduction="none")
-    return (loss * mask).sum() / mask.sum().clamp(min=1)
-
-
 @torch.no_grad()
 def error_scores(model: ErrorModel, out: Outputs) -> F64:
     """P(error) columns (study, per label) for ``out``."""
@@ -127,7 +117,7 @@ def fit_error_model(
     for epoch in track(range(options.epochs), options.epochs, description):
         model.train()
         for idx in batches(len(y), options.batch_size, gen):
-            loss = _masked_bce(model(probs[idx], cams[idx]), y[idx], pos_weight)
+            loss = masked_bce(model(probs[idx], cams[idx]), y[idx], pos_weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -171,10 +161,6 @@ def cam_iou(table: ImageTable, cams: F32, label_names: tuple[str, ...]) -> dict[
                 heat = resize(cams[i, j].astype(np.float32), mask.shape[0])
                 values[name].append(top_fraction_iou(heat, mask))
     return {n: float(np.mean(v)) for n, v in values.items() if v}
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _group_metrics(
@@ -326,7 +312,7 @@ def train_error_model(options: ErrorTrainingOptions) -> dict[str, Any]:
     meta: dict[str, Any] = {
         "format": ERROR_MODEL_FORMAT,
         "classifier_run": str(options.classifier.resolve()),
-        "classifier_sha256": _sha256(options.classifier / "classifier.pt"),
+        "classifier_sha256": sha256_file(options.classifier / "classifier.pt"),
         "labels": list(run.labels),
         "thresholds": thresholds.tolist(),
         "config": config.to_dict(),

@@ -57,6 +57,14 @@ def augment(x: Tensor, gen: torch.Generator, *, hflip: bool = False) -> Tensor:
     return out * contrast + brightness
 
 
+def masked_bce(logits: Tensor, targets: Tensor, pos_weight: Tensor) -> Tensor:
+    """BCE with logits averaged over the non-missing (non-NaN) targets."""
+    mask = ~torch.isnan(targets)
+    safe = torch.where(mask, targets, torch.zeros_like(targets))
+    loss = F.binary_cross_entropy_with_logits(logits, safe, pos_weight=pos_weight, reduction="none")
+    return (loss * mask).sum() / mask.sum().clamp(min=1)
+
+
 def batches(n: int, batch_size: int, gen: torch.Generator | None = None) -> Iterator[Tensor]:
     """Index batches over ``range(n)``, shuffled when a generator is given."""
     order = torch.randperm(n, generator=gen) if gen is not None else torch.arange(n)
