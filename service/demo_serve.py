@@ -10,16 +10,13 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import signal
 import subprocess
 import sys
-import threading
-import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from service.serve_process import ServeProcess
 from triage_common.console import print_table
 
 PER_SITE = 3
@@ -40,8 +37,9 @@ def held_out_studies(data: Path, split_file: Path) -> list[tuple[str, str, list[
     return chosen
 
 
-def real_files() -> list[tuple[str, Path]]:
-    """The real radiographs from pydicom-data: a chest CR and a tibia CR."""
+def real_files() -> list[tuple[str, Path, str]]:
+    """(label, path, StudyInstanceUID) of the real radiographs from pydicom-data."""
+    import pydicom
     from pydicom.data import get_testdata_file
 
     out = []
@@ -49,7 +47,8 @@ def real_files() -> list[tuple[str, Path]]:
                         ("pydicom-data RG3 (tibia CR)", "RG3_UNCI.dcm")):  # fmt: skip
         path = get_testdata_file(name)
         if path is not None:
-            out.append((label, Path(str(path))))
+            uid = pydicom.dcmread(path, stop_before_pixels=True).StudyInstanceUID
+            out.append((label, Path(str(path)), str(uid)))
     return out
 
 
@@ -57,54 +56,24 @@ def _triage(*args: str) -> list[str]:
     return [sys.executable, "-m", "service.cli", *args]
 
 
-class Server:
-    """``triage serve`` as a child process."""
-
-    def __init__(self, bundle: Path, policy: Path | None, worklist_db: Path) -> None:
-        cmd = _triage("serve", "--bundle", str(bundle), "--port", "0",
-                      "--set", f"worklist.path={worklist_db}")  # fmt: skip
-        if policy is not None and policy.exists():
-            cmd += ["--policy", str(policy)]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("TRIAGE_")}
-        self.proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
-        self.lines: list[str] = []
-        stderr = self.proc.stderr
-        assert stderr is not None
-        threading.Thread(target=lambda: self.lines.extend(iter(stderr.readline, "")),
-                         daemon=True).start()  # fmt: skip
-        self.port = self._port()
-
-    def _port(self) -> int:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            for line in list(self.lines):
-                if "listening on" in line:
-                    return int(line.rsplit(":", 1)[1])
-            if self.proc.poll() is not None:
-                raise RuntimeError("triage serve exited:\n" + "".join(self.lines[-20:]))
-            time.sleep(0.05)
-        raise RuntimeError("triage serve did not start")
-
-    def stop(self) -> int:
-        """SIGTERM, wait for the drain; the exit status."""
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(60)
-
-
 def serve_and_submit(out: Path, bundle: Path, policy: Path | None, data: Path, split: Path) -> int:
     """Serve the bundle, submit the demo studies, print the results and the worklist."""
     db = out / "worklist.db"
     for stale in out.glob("worklist.db*"):
         stale.unlink()  # each demo run shows its own worklist
-    server = Server(bundle, policy, db)
-    address = f"127.0.0.1:{server.port}"
+    args = ["--bundle", str(bundle), "--set", f"worklist.path={db}"]
+    if policy is not None and policy.exists():
+        args += ["--policy", str(policy)]
+    server = ServeProcess(args)
+    server.wait_ready()
+    address = server.address
     print(f"  server listening on {address}", flush=True)
     try:
         phantoms = held_out_studies(data, split)
         site_of = {uid: site for site, uid, _ in phantoms}
         files = [p for _, _, paths in phantoms for p in paths]
         reals = real_files()
-        files += [p for _, p in reals]
+        files += [p for _, p, _ in reals]
         overlays = out / "overlays"
         cmd = _triage("submit", "--server", address, "--json", "--overlay", str(overlays),
                       "--timeout", "60", *map(str, files))  # fmt: skip
@@ -114,11 +83,7 @@ def serve_and_submit(out: Path, bundle: Path, policy: Path | None, data: Path, s
             return 1
         results: list[dict[str, Any]] = json.loads(done.stdout)["results"]
         (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-        real_uid = {}
-        for label, path in reals:
-            import pydicom
-
-            real_uid[str(pydicom.dcmread(path, stop_before_pixels=True).StudyInstanceUID)] = label
+        real_uid = {uid: label for label, _, uid in reals}
         rows = []
         for r in results:
             uid = r.get("study_instance_uid", "")
@@ -153,4 +118,4 @@ def serve_and_submit(out: Path, bundle: Path, policy: Path | None, data: Path, s
         return 0
     finally:
         status = server.stop()
-        print(f"  server stopped cleanly (exit status {status})", flush=True)
+        print(f"  server stopped with SIGTERM (exit status {status})", flush=True)

@@ -18,10 +18,6 @@ Used by the test suite (one round) and by ``triage bench durability --rounds N``
 from __future__ import annotations
 
 import io
-import os
-import signal
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -35,6 +31,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
 from service._proto.triage.v1 import triage_pb2, triage_pb2_grpc
+from service.serve_process import ServeProcess
 from service.worklist.store import STATES, SqliteWorklistStore
 
 CR_STORAGE = UID("1.2.840.10008.5.1.4.1.1.1")
@@ -90,66 +87,14 @@ class RoundResult:
         return not (self.lost or self.duplicated or self.half_written or self.replay_failures)
 
 
-class ServerProcess:
-    """``triage serve`` as a child process, its stderr collected."""
-
-    def __init__(self, bundle: Path, db: Path) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("TRIAGE_")}
-        cmd = [sys.executable, "-m", "service.serve_cli", "--bundle", str(bundle), "--port", "0"]
-        cmd += ["--set", f"worklist.path={db}", "--set", "inference.warmup_runs=1"]
-        self.proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
-        self.lines: list[str] = []
-        assert self.proc.stderr is not None
-        stderr = self.proc.stderr
-        self._reader = threading.Thread(
-            target=lambda: self.lines.extend(iter(stderr.readline, "")), daemon=True
-        )
-        self._reader.start()
-        self.port = self._wait_for_port(60.0)
-
-    def _wait_for_port(self, timeout: float) -> int:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for line in list(self.lines):
-                if "listening on" in line:
-                    return int(line.rsplit(":", 1)[1])
-            if self.proc.poll() is not None:
-                raise RuntimeError("server exited early:\n" + "".join(self.lines[-20:]))
-            time.sleep(0.05)
-        raise RuntimeError("server did not report its port")
-
-    def wait_ready(self, timeout: float = 60.0) -> None:
-        """Block until the server answers a triage call (the model is loaded)."""
-        from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-        with grpc.insecure_channel(f"127.0.0.1:{self.port}") as channel:
-            stub = health_pb2_grpc.HealthStub(channel)
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                try:
-                    reply = stub.Check(
-                        health_pb2.HealthCheckRequest(service="readiness"), timeout=2
-                    )
-                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                        return
-                except grpc.RpcError:
-                    pass
-                time.sleep(0.1)
-        raise RuntimeError("server did not become ready")
-
-    def kill(self) -> None:
-        """SIGKILL: no shutdown code runs."""
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(30)
-
-    def stop(self) -> None:
-        """SIGTERM and wait."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.kill()
+def _serve(bundle: Path, db: Path) -> ServeProcess:
+    """A ready server on ``db``."""
+    server = ServeProcess(
+        ["--bundle", str(bundle), "--set", f"worklist.path={db}", "--set",
+         "inference.warmup_runs=1"]
+    )  # fmt: skip
+    server.wait_ready()
+    return server
 
 
 def run_round(
@@ -168,8 +113,7 @@ def run_round(
     lock = threading.Lock()
     stop = threading.Event()
     counter = iter(range(seed_base, seed_base + 1_000_000))
-    server = ServerProcess(bundle, db)
-    server.wait_ready()
+    server = _serve(bundle, db)
 
     def submitter() -> None:
         with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
@@ -201,9 +145,8 @@ def run_round(
     for t in threads:
         t.join(60)
 
-    restarted = ServerProcess(bundle, db)
+    restarted = _serve(bundle, db)
     try:
-        restarted.wait_ready()
         store = SqliteWorklistStore(db)
         items = store.list_items(states=STATES, limit=1_000_000)
         per_study = Counter(item.study_uid for item in items)
