@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from models.phantoms.dicom_writer import write_image
+from models.phantoms.heap import retain_freed_memory
 from models.phantoms.outputs import write_labels, write_masks
 from models.phantoms.render import RenderedImage, render_study
 from models.phantoms.scenario import Scenario
@@ -114,12 +115,17 @@ def render_and_write(job: StudyJob) -> list[dict[str, object]]:
     return rows
 
 
+def _init_worker() -> None:
+    retain_freed_memory()
+
+
 def _results(jobs: list[StudyJob], workers: int) -> Iterator[list[dict[str, object]]]:
     if workers <= 1 or len(jobs) < 2:
+        retain_freed_memory()
         yield from map(render_and_write, jobs)
         return
     context = multiprocessing.get_context("spawn")
-    with context.Pool(processes=workers) as pool:
+    with context.Pool(processes=workers, initializer=_init_worker) as pool:
         yield from pool.imap(
             render_and_write, jobs, chunksize=max(1, min(8, len(jobs) // (4 * workers)))
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import shutil
 import subprocess
 
@@ -9,7 +10,13 @@ import numpy as np
 import pydicom
 import pytest
 
-from models.phantoms.dicom_writer import CR_IMAGE_STORAGE, DX_PRESENTATION_STORAGE
+from models.phantoms.dicom_writer import (
+    CR_IMAGE_STORAGE,
+    DX_PRESENTATION_STORAGE,
+    build_dataset,
+    encode,
+)
+from models.phantoms.generate import software_version
 from models.phantoms.render import render_frontal, render_lateral
 from tests.phantoms.phantom_data import SMALL_SIZE, SmallDataset
 
@@ -69,6 +76,23 @@ def test_lossless_syntaxes_give_back_the_rendered_pixels(small_dataset: SmallDat
         np.testing.assert_array_equal(pixels, rendered.stored)
         seen.add(spec.syntax)
     assert seen == {"explicit", "rle", "j2k"}
+
+
+def test_files_are_the_bytes_pydicom_save_as_writes(small_dataset: SmallDataset) -> None:
+    """The fast writer's files equal ``save_as`` of the same dataset (CR, DX, every syntax)."""
+    kinds = set()
+    for row in small_dataset.rows:
+        spec = small_dataset.spec_for(row["sop_uid"])
+        frontal = row["view"] != "LL"
+        rendered = render_frontal(spec, SMALL_SIZE) if frontal else render_lateral(spec, SMALL_SIZE)
+        ds = build_dataset(spec, rendered, software_version())
+        encode(ds, rendered, spec.syntax)
+        expected = io.BytesIO()
+        ds.save_as(expected, enforce_file_format=True)
+        assert (small_dataset.root / row["path"]).read_bytes() == expected.getvalue()
+        kinds.add((spec.site.modality, spec.syntax, frontal))
+    assert {k[0] for k in kinds} == {"CR", "DX"} and {k[1] for k in kinds} == set(SYNTAX_UIDS)
+    assert {k[2] for k in kinds} == {True, False}
 
 
 def test_monochrome1_is_stored_inverted(small_dataset: SmallDataset) -> None:
