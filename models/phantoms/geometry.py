@@ -188,8 +188,9 @@ def smooth_field(rng: np.random.Generator, size: int, cells: int) -> F32:
 def triangular_noise(rng: np.random.Generator, shape: tuple[int, int]) -> F32:
     """Zero-mean, unit-variance, nearly Gaussian noise (sum of two uniforms), cheap to draw."""
     raw = np.frombuffer(rng.bytes(2 * shape[0] * shape[1]), dtype=np.uint8).reshape(2, *shape)
-    out: F32 = raw[0].astype(np.float32)
-    out += raw[1]
+    total = raw[0].astype(np.uint16)
+    total += raw[1]  # exact: the float sum of these integers is the same number
+    out: F32 = total.astype(np.float32)
     out -= np.float32(255.0)
     out *= np.float32(1.0 / (255.0 * math.sqrt(1.0 / 6.0)))
     return out

@@ -56,15 +56,30 @@ def lateral_attenuation(grid: Grid, anat: Anatomy, severities: dict[str, float])
     post = back[r0:r1] - 0.045 - 0.12 * (1.0 - np.clip(t / 0.35, 0.0, 1.0)) ** 2
     s = np.subtract(x[None, :], ant.astype(np.float32)[:, None])
     s *= (1.0 / (post - ant)).astype(np.float32)[:, None]
-    q = np.clip(4.0 * s * (1.0 - s), 0.0, 1.0)
-    inside = 1.0 - (1.0 - q) ** 3
+    # (all full-size arrays stay float32: numpy scalars would promote them to float64)
+    out = np.subtract(np.float32(1.0), s)
+    out *= s
+    out *= np.float32(4.0)
+    np.clip(out, 0.0, 1.0, out=out)
+    np.subtract(np.float32(1.0), out, out=out)  # 1 - q
+    inside = out * out
+    inside *= out
+    np.subtract(np.float32(1.0), inside, out=inside)  # 1 - (1 - q)^3
     vertical = (0.55 + 0.45 * np.clip(t / 0.4, 0.0, 1.0)) * np.sqrt(np.clip(t / 0.06, 0, 1))
     inside *= vertical.astype(np.float32)[:, None]
     # hemidiaphragms: high anteriorly, lowest at the posterior sulcus
-    sx = np.clip((x - ant.min()) / (post.max() - ant.min()), 0.0, 1.0)
+    a0, a1 = float(ant.min()), float(post.max())
+    sx = np.clip((x - a0) / (a1 - a0), 0.0, 1.0)
     dome = base - 0.12 + 0.05 * (1.0 - sx) - 0.03 * np.sin(np.pi * sx**0.9) + 0.12 * sx**3
-    above = dome[None, :] - ys.astype(np.float32)[:, None]
-    inside *= np.clip(above / 0.008 + 0.5, 0.0, 1.0) * (0.75 + 0.25 * np.clip(above / 0.06, 0, 1))
+    above = np.subtract(dome.astype(np.float32)[None, :], ys.astype(np.float32)[:, None])
+    edge = above * np.float32(1.0 / 0.008)
+    edge += np.float32(0.5)
+    np.clip(edge, 0.0, 1.0, out=edge)
+    inside *= edge
+    above *= np.float32(0.25 / 0.06)
+    np.clip(above, 0.0, 0.25, out=above)
+    above += np.float32(0.75)
+    inside *= above
     eff = severities.get(PLEURAL_EFFUSION, 0.0)
     if eff > 0.0:
         level = base - (0.02 + 0.4 * eff) * (0.25 + 0.75 * sx**2)
