@@ -1,10 +1,15 @@
 """Inference stage: micro-batching across concurrent requests in one dedicated thread.
 
 Request threads :meth:`MicroBatcher.submit` one preprocessed image and wait on the returned
-future. The batcher thread takes the oldest waiting image, waits at most ``max_wait_ms`` (from
+future. A batcher thread takes the oldest waiting image, waits at most ``max_wait_ms`` (from
 that image's arrival) for more, up to ``max_batch``, and runs them through the model in one
 call. Images whose request has been cancelled or whose deadline has passed are dropped before
 the batch is formed. The queue is bounded: a full queue raises :class:`Overloaded` at once.
+
+``streams`` batcher threads share the queue and the model, so that many batches run at once
+(``inference.streams``; ONNX Runtime sessions are safe to run from several threads). On a CPU
+that beats one batch spread over every core: a batch split across cores waits for its slowest
+part, and the decode threads keep taking a core away from one part or another.
 
 The model is anything with ``run(batch [B, 1, S, S] float32) -> {output name: array}``
 (:class:`service.runtime.OnnxRuntimeModel` in the server, a fake in unit tests).
@@ -97,7 +102,10 @@ class MicroBatcher:
         max_wait_ms: float,
         capacity: int,
         observer: BatchObserver | None = None,
+        streams: int = 1,
     ) -> None:
+        if streams < 1:
+            raise ValueError(f"streams must be >= 1, got {streams}")
         self._model = model
         self._max_batch = max_batch
         self._max_wait = max_wait_ms / 1000.0
@@ -106,7 +114,10 @@ class MicroBatcher:
         self._queue: collections.deque[_Item] = collections.deque()
         self._cond = threading.Condition()
         self._stopping = False
-        self._thread = threading.Thread(target=self._loop, name="triage-batcher", daemon=True)
+        self._threads = [
+            threading.Thread(target=self._loop, name=f"triage-batcher-{i}", daemon=True)
+            for i in range(streams)
+        ]
 
     @property
     def depth(self) -> int:
@@ -114,17 +125,26 @@ class MicroBatcher:
         with self._cond:
             return len(self._queue)
 
+    @property
+    def streams(self) -> int:
+        """How many batches can run at once."""
+        return len(self._threads)
+
     def start(self) -> None:
-        """Start the batcher thread."""
-        self._thread.start()
+        """Start the batcher threads."""
+        for thread in self._threads:
+            thread.start()
 
     def stop(self, timeout: float | None = None) -> None:
-        """Finish the queued work, then end the thread; later submits raise NotReady."""
+        """Finish the queued work, then end the threads; later submits raise NotReady."""
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
-        if self._thread.is_alive():
-            self._thread.join(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for thread in self._threads:
+            if thread.is_alive():
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                thread.join(left)
 
     def submit(self, image: F32, deadline: float | None) -> Future[ModelOutput]:
         """Queue one image ``(1, S, S)``; the future resolves to its :class:`ModelOutput`."""

@@ -33,7 +33,7 @@ Error messages are composed here, from attribute names, tags and sizes; library 
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -90,6 +90,10 @@ class InstanceHeader:
     has_pixel_data: bool
     transfer_syntax: str
     institution: str = ""  # InstitutionName: the site, for routing rules (not patient data)
+    #: Where the header parse stopped (the PixelData element, when there is one) and the parsed
+    #: header itself: the decode stage reuses both for the chosen instance, parsing it once.
+    pixel_offset: int = field(default=0, compare=False, repr=False)
+    dataset: Dataset | None = field(default=None, compare=False, repr=False)
 
     @property
     def pixels(self) -> int:
@@ -186,6 +190,8 @@ def read_header(data: bytes, index: int, max_pixels: int) -> InstanceHeader:
         has_pixel_data=has_pixels,
         transfer_syntax=str(ds.file_meta.TransferSyntaxUID),
         institution=_text(ds, "InstitutionName"),
+        pixel_offset=position,
+        dataset=ds,
     )
     if min(rows, columns, spp, frames) < 0:
         raise InvalidStudy(f"instance {index}: negative image dimensions in the header")
@@ -307,7 +313,10 @@ def native_pixels(data: bytes, header: InstanceHeader) -> tuple[Dataset, npt.NDA
         return None
     if header.frames != 1 or header.samples_per_pixel != 1:
         return None
-    ds, pos = _parse(data, stop_before_pixels=True)
+    if header.dataset is not None:
+        ds, pos = header.dataset, header.pixel_offset
+    else:
+        ds, pos = _parse(data, stop_before_pixels=True)
     try:
         allocated = int(ds.BitsAllocated)
         stored_bits = int(ds.get("BitsStored", allocated))

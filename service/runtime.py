@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -131,6 +132,45 @@ def available_providers(
             kept.append(provider)
     kept.append(CPU)
     return kept
+
+
+#: Upper bound of the automatic number of CPU streams (each holds a batch's activations).
+MAX_AUTO_STREAMS = 4
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class InferencePlan:
+    """How many batches run at once and how many ORT intra-op threads each uses (0: ORT's)."""
+
+    streams: int
+    intra_op_threads: int
+
+
+def plan_inference(
+    streams: int, intra_op_threads: int, providers: Sequence[str], cores: int
+) -> InferencePlan:
+    """Resolve ``inference.streams`` and ``inference.intra_op_threads`` (0 means automatic).
+
+    On a GPU provider the device runs one batch at a time: 1 stream, ORT's default threads.
+    On the CPU the cores are shared out: ``min(4, cores)`` streams (or ``cores // threads`` when
+    the threads are set) of ``cores // streams`` threads each, at least one of each.
+    """
+    cores = max(1, cores)
+    if providers and providers[0] != CPU:
+        return InferencePlan(streams or 1, intra_op_threads)
+    if streams == 0:
+        streams = cores // intra_op_threads if intra_op_threads else cores
+        streams = max(1, min(MAX_AUTO_STREAMS, streams))
+    threads = intra_op_threads or max(1, cores // streams)
+    return InferencePlan(streams, threads)
 
 
 class OnnxRuntimeModel:

@@ -77,6 +77,9 @@ def run(args: argparse.Namespace) -> int:
     log = get_logger("service.serve")
     from service.server import create_server
     from triage_common.bundle_format import BundleError
+    from triage_common.heap import retain_freed_memory
+
+    retain_freed_memory()  # request buffers of several MB: no page faults for each one
 
     try:
         server, port = create_server(config)

@@ -202,26 +202,36 @@ class TriageServer:
             self._ready.wait(0.05 if remaining is None else min(0.05, remaining))
         return True
 
-    def _build_model(self) -> tuple[InferenceModel, list[str]]:
-        if self._model is not None:
-            return self._model, ["injected"]
-        from service.runtime import OnnxRuntimeModel, ProviderSettings
-
+    def _build_model(self) -> tuple[InferenceModel, list[str], int]:
+        """The model, the providers it runs on and how many batches run at once."""
         inference = self.config.inference
+        if self._model is not None:
+            return self._model, ["injected"], inference.streams or 1
+        from service.runtime import (
+            OnnxRuntimeModel,
+            ProviderSettings,
+            available_providers,
+            plan_inference,
+            usable_cores,
+        )
+
         cache = Path(inference.trt_engine_cache) if inference.trt_engine_cache else None
+        settings = ProviderSettings(trt_engine_cache=cache, trt_fp16=inference.trt_fp16)
+        names = available_providers([PROVIDER_NAMES[p] for p in inference.providers], settings)
+        plan = plan_inference(inference.streams, inference.intra_op_threads, names, usable_cores())
         model = OnnxRuntimeModel(
             self.bundle.model_file,
-            providers=[PROVIDER_NAMES[p] for p in inference.providers],
-            intra_op_threads=inference.intra_op_threads,
+            providers=names,
+            intra_op_threads=plan.intra_op_threads,
             allow_spinning=False,  # decode threads share the cores with ORT's pool
-            settings=ProviderSettings(trt_engine_cache=cache, trt_fp16=inference.trt_fp16),
+            settings=settings,
         )
-        return model, model.providers
+        return model, model.providers, plan.streams
 
     def _load(self) -> None:
         try:
             start = time.perf_counter()
-            model, providers = self._build_model()
+            model, providers, streams = self._build_model()
             inference = self.config.inference
             size = self.bundle.spec.size
             for _ in range(inference.warmup_runs):
@@ -233,6 +243,7 @@ class TriageServer:
                 max_wait_ms=inference.max_wait_ms,
                 capacity=inference.queue_capacity,
                 observer=self.metrics.observe_batch,
+                streams=streams,
             )
             pipeline = TriagePipeline(
                 self.bundle,
@@ -256,6 +267,7 @@ class TriageServer:
                 warmup_ms=round((time.perf_counter() - start) * 1000.0, 1),
                 max_batch=inference.max_batch,
                 max_wait_ms=inference.max_wait_ms,
+                streams=streams,
                 torch_loaded="torch" in sys.modules,
             )
         except Exception as exc:

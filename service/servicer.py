@@ -136,7 +136,8 @@ def gather_stream(chunks: Iterable[triage_pb2.StudyChunk], limits: ServerConfig)
     overlay = False
     ae_title = ""
     for chunk in _chunks(chunks):
-        total += len(chunk.data)
+        data = chunk.data  # each read of a bytes field copies it: read it once
+        total += len(data)
         if total > limits.max_stream_bytes:
             raise TooLarge(f"the study stream exceeds the limit of {limits.max_stream_bytes} bytes")
         part = parts.get(chunk.instance)
@@ -144,7 +145,7 @@ def gather_stream(chunks: Iterable[triage_pb2.StudyChunk], limits: ServerConfig)
             if len(parts) >= limits.max_instances:
                 raise TooLarge(f"the stream carries more than {limits.max_instances} instances")
             part = parts[chunk.instance] = []
-        part.append(chunk.data)
+        part.append(data)
         if defer_cost is None and chunk.HasField("defer_cost"):
             defer_cost = chunk.defer_cost
         overlay = overlay or chunk.include_overlay

@@ -7,6 +7,7 @@ neither) -> MONOCHROME1 inversion. The result is what a radiologist sees, scaled
 
 from __future__ import annotations
 
+import functools
 import io
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,36 +99,72 @@ def stored_to_display(ds: Dataset, stored: npt.NDArray[Any]) -> FloatImage:
         raise DicomDecodeError(f"expected a single-frame grayscale image, got shape {stored.shape}")
     small_ints = stored.dtype.kind in "ui" and stored.dtype.itemsize <= 2
     entries = 1 << (8 * stored.dtype.itemsize)
-    if small_ints and stored.size >= LUT_MIN_RATIO * entries and dataset_window(ds) is not None:
+    window = dataset_window(ds)
+    if small_ints and stored.size >= LUT_MIN_RATIO * entries and window is not None:
         # With a declared window every step (rescale, window, inversion) maps each stored value
         # on its own, so the same float64 code run over all 2^bits values gives a lookup table
-        # whose entries equal the per-pixel results exactly.
+        # whose entries equal the per-pixel results exactly. A stream of images from one
+        # device shares one table.
         unsigned = np.dtype(f"u{stored.dtype.itemsize}")
-        domain = np.arange(entries, dtype=unsigned).view(stored.dtype)
-        lut = _stored_to_display(ds, domain.reshape(1, -1))[0]
-        return np.take(lut, stored.view(unsigned))
+        mapping = _Mapping(*_rescale(ds), window, _is_monochrome1(ds))
+        return np.take(_window_lut(stored.dtype.str, mapping), stored.view(unsigned))
     return _stored_to_display(ds, stored)
 
 
-def _stored_to_display(ds: Dataset, stored: npt.NDArray[Any]) -> FloatImage:
+@dataclass(frozen=True)
+class _Mapping:
+    """Everything a windowed display mapping depends on (hashable: it keys the table cache)."""
+
+    slope: float
+    intercept: float
+    window: Window
+    monochrome1: bool
+
+
+@functools.lru_cache(maxsize=64)
+def _window_lut(dtype: str, mapping: _Mapping) -> FloatImage:
+    """The display value of every stored value of ``dtype`` under ``mapping`` (read-only)."""
+    stored_type = np.dtype(dtype)
+    domain = np.arange(1 << (8 * stored_type.itemsize), dtype=f"u{stored_type.itemsize}")
+    values = domain.view(stored_type).astype(np.float64) * mapping.slope + mapping.intercept
+    lut = _windowed(values, mapping.window, mapping.monochrome1)
+    lut.setflags(write=False)
+    return lut
+
+
+def _rescale(ds: Dataset) -> tuple[float, float]:
     slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
     intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
+    return slope, intercept
+
+
+def _is_monochrome1(ds: Dataset) -> bool:
+    return str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip() == "MONOCHROME1"
+
+
+def _windowed(values: npt.NDArray[np.float64], window: Window, monochrome1: bool) -> FloatImage:
+    display = apply_window(values, window)
+    if monochrome1:
+        display = (1.0 - display).astype(np.float32)
+    return display
+
+
+def _stored_to_display(ds: Dataset, stored: npt.NDArray[Any]) -> FloatImage:
+    slope, intercept = _rescale(ds)
     values = stored.astype(np.float64) * slope + intercept
     window = dataset_window(ds)
+    monochrome1 = _is_monochrome1(ds)
     if window is not None:
         # Window centre/width are given in modality (rescaled) units.
-        display = apply_window(values, window)
-    elif "VOILUTSequence" in ds:
+        return _windowed(values, window, monochrome1)
+    if "VOILUTSequence" in ds:
         from pydicom.pixels.processing import apply_voi_lut
 
         lut = np.asarray(apply_voi_lut(stored, ds), dtype=np.float64)
         lo, hi = float(lut.min()), float(lut.max())
         display = ((lut - lo) / max(hi - lo, 1e-12)).astype(np.float32)
-    else:
-        display = apply_window(values, percentile_window(values))
-    if str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip() == "MONOCHROME1":
-        display = (1.0 - display).astype(np.float32)
-    return display
+        return (1.0 - display).astype(np.float32) if monochrome1 else display
+    return _windowed(values, percentile_window(values), monochrome1)
 
 
 def decode_display(ds: Dataset) -> FloatImage:

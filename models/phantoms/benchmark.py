@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from models.phantoms.generate import StudyJob, render_and_write, software_version
-from models.phantoms.heap import retain_freed_memory
 from models.phantoms.render import render_study
 from models.phantoms.scenario import Scenario
 from models.phantoms.study import StudySpec, plan_dataset
+from triage_common.heap import retain_freed_memory
 
 
 @dataclass(frozen=True)

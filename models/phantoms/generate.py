@@ -15,13 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from models.phantoms.dicom_writer import write_image
-from models.phantoms.heap import retain_freed_memory
 from models.phantoms.outputs import write_labels, write_masks
 from models.phantoms.render import RenderedImage, render_study
 from models.phantoms.scenario import Scenario
 from models.phantoms.study import StudySpec, plan_dataset
 from models.phantoms.summary import summarize
 from triage_common.console import track, write_json
+from triage_common.heap import retain_freed_memory
 from triage_common.labels import DEFAULT_LABELS, severity_column, truth_column
 from triage_common.logging import get_logger
 

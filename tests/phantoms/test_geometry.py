@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from models.phantoms.geometry import _upsample_any, upsample
-from models.phantoms.heap import retain_freed_memory
+from triage_common.heap import retain_freed_memory
 
 
 @pytest.mark.parametrize("n", [2, 3, 17, 256])

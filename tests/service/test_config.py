@@ -68,6 +68,7 @@ def test_every_key_has_an_env_name_and_documentation() -> None:
         ),
         ({"TRIAGE_SERVER__PORT": "abc"}, {}, "server.port = 'abc' (from env TRIAGE_SERVER__PORT)"),
         ({}, {"inference.max_batch": 0}, "inference.max_batch = 0 (from command line)"),
+        ({"TRIAGE_INFERENCE__STREAMS": "65"}, {}, "inference.streams = 65 (from env"),
         ({}, {"inference.providers": "GPU"}, "unknown provider"),
         ({}, {"policy.defer_cost": "0.95", "policy.max_defer_cost": "0.5"}, "policy.defer_cost"),
         ({"TRIAGE_SERVR__PORT": "1"}, {}, "TRIAGE_SERVR__PORT: unknown key"),

@@ -19,6 +19,7 @@ from service.decode import DecodeOptions, InstanceHeader, decode_instance, read_
 from service.eligibility import select_frontal, study_uid
 from service.errors import (
     STATUS_TABLE,
+    InferenceFailed,
     InvalidStudy,
     NotEligible,
     Overloaded,
@@ -30,6 +31,7 @@ from service.j2k import choose_level, parse_codestream, reduced_size
 from service.jpeg_header import jpeg_frame_size
 from service.policy import AUTO_REPORT, DEFER, Policy, decide
 from service.routing import route
+from service.runtime import CPU, CUDA, InferencePlan, plan_inference
 from tests.service.conftest import FakeModel
 from tests.service.dicom_factory import chest, file_bytes, huge_header
 
@@ -256,6 +258,67 @@ def test_batcher_batches_and_bounds() -> None:
         expired.result(5)
     batcher.stop(5)
     assert model.batches == [1, 3, 1]
+
+
+class _PairedModel:
+    """Probabilities echo each image's value; a run returns only while another run is inside."""
+
+    def __init__(self, wait_s: float) -> None:
+        self.barrier = threading.Barrier(2, timeout=wait_s)
+
+    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """Wait for a second concurrent run, then answer."""
+        self.barrier.wait()
+        n = batch.shape[0]
+        values = batch.reshape(n, -1)[:, :1].astype(np.float32)
+        return {
+            "probabilities": np.repeat(values, 4, axis=1),
+            "cams": np.ones((n, 4, 2, 2), np.float32),
+            "ood_score": np.zeros(n, np.float32),
+            "p_error": values[:, 0],
+            "p_error_labels": np.repeat(values, 4, axis=1),
+        }
+
+
+def test_batcher_streams_run_batches_at_once() -> None:
+    """With two streams two batches are inside the model together; each image gets its own row."""
+    batcher = MicroBatcher(_PairedModel(10.0), max_batch=1, max_wait_ms=0, capacity=8, streams=2)
+    assert batcher.streams == 2
+    batcher.start()
+    values = (0.2, 0.4, 0.6, 0.8)
+    futures = [batcher.submit(np.full((1, 4, 4), v, np.float32), None) for v in values]
+    outputs = [f.result(20) for f in futures]
+    batcher.stop(5)
+    assert [o.p_error for o in outputs] == pytest.approx(values, abs=1e-6)
+    assert all(o.batch_size == 1 for o in outputs)
+
+
+def test_batcher_single_stream_runs_one_batch_at_a_time() -> None:
+    """With one stream a run never overlaps another (the paired model then gives up)."""
+    batcher = MicroBatcher(_PairedModel(0.5), max_batch=1, max_wait_ms=0, capacity=8, streams=1)
+    batcher.start()
+    future = batcher.submit(np.zeros((1, 4, 4), np.float32), None)
+    with pytest.raises(InferenceFailed):
+        future.result(20)
+    batcher.stop(5)
+
+
+@pytest.mark.parametrize(
+    ("streams", "threads", "providers", "cores", "expected"),
+    [
+        (0, 0, [CPU], 2, InferencePlan(2, 1)),  # this machine: two single-threaded batches
+        (0, 0, [CPU], 16, InferencePlan(4, 4)),  # at most four streams, cores shared out
+        (0, 2, [CPU], 8, InferencePlan(4, 2)),  # threads set: streams fill the cores
+        (1, 0, [CPU], 2, InferencePlan(1, 2)),  # one batch at a time on every core
+        (3, 0, [CPU], 1, InferencePlan(3, 1)),  # never fewer than one thread
+        (0, 0, [CUDA, CPU], 16, InferencePlan(1, 0)),  # a GPU runs one batch at a time
+    ],
+)
+def test_inference_plan(
+    streams: int, threads: int, providers: list[str], cores: int, expected: InferencePlan
+) -> None:
+    """Automatic streams and threads share the CPU cores out; a GPU provider gets one stream."""
+    assert plan_inference(streams, threads, providers, cores) == expected
 
 
 def test_uncompressed_chest_decodes() -> None:
