@@ -18,6 +18,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_data_element, write_file_meta_info
 from pydicom.sequence import Sequence
+from pydicom.sr.codedict import codes
 from pydicom.uid import (
     ExplicitVRLittleEndian,
     JPEG2000Lossless,
@@ -35,6 +36,12 @@ TRANSFER_SYNTAX: Final = {
     "j2k": JPEG2000Lossless,
 }
 SOFTWARE: Final = "cxr-triage phantom"
+#: ViewCodeSequence of DX images (DICOM CID 4010 "DX View", SNOMED CT codes).
+_VIEW_CODES: Final = {
+    "PA": codes.SCT.PosteroAnterior,
+    "AP": codes.SCT.AnteroPosterior,
+    "LL": codes.SCT.LeftLateral,
+}
 
 
 def _age(birth: str, on: str) -> str:
@@ -153,6 +160,7 @@ def build_dataset(spec: StudySpec, image: RenderedImage, software_version: str) 
     """The DICOM dataset (without transfer syntax) for one rendered image of ``spec``."""
     frontal = image.view != "LL"
     patient = spec.patient
+    site = spec.site
     shared = _equipment_elements(_equipment(spec, image, software_version))
     ds = Dataset({tag: copy.copy(element) for tag, element in shared.items()})
     ds.file_meta = FileMetaDataset()
@@ -174,6 +182,17 @@ def build_dataset(spec: StudySpec, image: RenderedImage, software_version: str) 
     ds.StudyID = f"{spec.index + 1}"
     ds.SeriesNumber = 1 if frontal else 2
     ds.PatientOrientation = ["L", "F"] if frontal else ["P", "F"]
+    if site.modality == "DX":
+        # DX Positioning: the view as a code (CID 4010) and the positioner (a bedside
+        # portable film has none; the rest stand at a wall column)
+        code = _VIEW_CODES[image.view]
+        view = Dataset()
+        view.CodeValue = code.value
+        view.CodingSchemeDesignator = code.scheme_designator
+        view.CodeMeaning = code.meaning
+        view.ViewModifierCodeSequence = Sequence([])
+        ds.ViewCodeSequence = Sequence([view])
+        ds.PositionerType = "NONE" if frontal and spec.portable else "COLUMN"
     spacing = f"{spec.pixel_spacing_mm:.6f}".rstrip("0").rstrip(".")
     ds.PixelSpacing = [spacing, spacing]
     ds.ImagerPixelSpacing = [spacing, spacing]

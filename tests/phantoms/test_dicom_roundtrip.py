@@ -115,3 +115,20 @@ def test_dcmtk_reads_a_written_file(small_dataset: SmallDataset) -> None:
     result = subprocess.run(["dcmdump", str(path)], capture_output=True, text=True, check=True)
     assert "CHEST" in result.stdout
     assert small_dataset.rows[0]["sop_uid"] in result.stdout
+
+
+@pytest.mark.skipif(
+    shutil.which("dciodvfy") is None, reason="dicom3tools (dciodvfy) is not installed"
+)
+def test_dciodvfy_finds_no_error_or_warning(small_dataset: SmallDataset) -> None:
+    """dicom3tools' IOD validator accepts every CR and DX file (all syntaxes, laterals too)."""
+    iods = set()
+    for row in small_dataset.rows:
+        result = subprocess.run(
+            ["dciodvfy", str(small_dataset.root / row["path"])], capture_output=True, text=True
+        )
+        lines = [line.strip() for line in (result.stdout + result.stderr).splitlines()]
+        problems = [line for line in lines if line.startswith(("Error", "Warning"))]
+        assert problems == [], (row["path"], problems)
+        iods.add(lines[0])
+    assert iods == {"CRImage", "DXImageForPresentation"}
