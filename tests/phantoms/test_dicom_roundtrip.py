@@ -17,7 +17,8 @@ from models.phantoms.dicom_writer import (
     encode,
 )
 from models.phantoms.generate import software_version
-from models.phantoms.render import render_frontal, render_lateral
+from models.phantoms.render import RenderedImage, render_frontal, render_lateral
+from models.phantoms.study import StudySpec
 from tests.phantoms.phantom_data import SMALL_SIZE, SmallDataset
 
 SYNTAX_UIDS = {
@@ -64,13 +65,19 @@ def test_every_file_has_the_tags_labels_csv_promises(small_dataset: SmallDataset
             assert ds.PresentationLUTShape == expected
 
 
+def _rendered(dataset: SmallDataset, row: dict[str, str]) -> tuple[StudySpec, RenderedImage]:
+    """The spec of a labels.csv row and its image rendered again (frontal or lateral)."""
+    spec = dataset.spec_for(row["sop_uid"])
+    if row["view"] == "LL":
+        return spec, render_lateral(spec, SMALL_SIZE)
+    return spec, render_frontal(spec, SMALL_SIZE)
+
+
 def test_lossless_syntaxes_give_back_the_rendered_pixels(small_dataset: SmallDataset) -> None:
     """Explicit VR, RLE and JPEG 2000 lossless files decode to exactly the rendered integers."""
     seen = set()
     for row in small_dataset.rows:
-        spec = small_dataset.spec_for(row["sop_uid"])
-        frontal = row["view"] != "LL"
-        rendered = render_frontal(spec, SMALL_SIZE) if frontal else render_lateral(spec, SMALL_SIZE)
+        spec, rendered = _rendered(small_dataset, row)
         pixels = pydicom.dcmread(small_dataset.root / row["path"]).pixel_array
         assert pixels.dtype == np.uint16
         np.testing.assert_array_equal(pixels, rendered.stored)
@@ -82,15 +89,13 @@ def test_files_are_the_bytes_pydicom_save_as_writes(small_dataset: SmallDataset)
     """The fast writer's files equal ``save_as`` of the same dataset (CR, DX, every syntax)."""
     kinds = set()
     for row in small_dataset.rows:
-        spec = small_dataset.spec_for(row["sop_uid"])
-        frontal = row["view"] != "LL"
-        rendered = render_frontal(spec, SMALL_SIZE) if frontal else render_lateral(spec, SMALL_SIZE)
+        spec, rendered = _rendered(small_dataset, row)
         ds = build_dataset(spec, rendered, software_version())
         encode(ds, rendered, spec.syntax)
         expected = io.BytesIO()
         ds.save_as(expected, enforce_file_format=True)
         assert (small_dataset.root / row["path"]).read_bytes() == expected.getvalue()
-        kinds.add((spec.site.modality, spec.syntax, frontal))
+        kinds.add((spec.site.modality, spec.syntax, rendered.view != "LL"))
     assert {k[0] for k in kinds} == {"CR", "DX"} and {k[1] for k in kinds} == set(SYNTAX_UIDS)
     assert {k[2] for k in kinds} == {True, False}
 
