@@ -1,4 +1,4 @@
-"""Inference stage: micro-batching across concurrent requests in one dedicated thread.
+"""Inference stage: micro-batching across concurrent requests in dedicated batcher threads.
 
 Request threads :meth:`MicroBatcher.submit` one preprocessed image and wait on the returned
 future. A batcher thread takes the oldest waiting image, waits at most ``max_wait_ms`` (from
