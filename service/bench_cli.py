@@ -318,9 +318,8 @@ def run(args: argparse.Namespace) -> int:
     import grpc
 
     from service.config import ConfigError, load_config, parse_set_flags
-    from service.runtime import available_providers, plan_inference, usable_cores
+    from service.runtime import plan_inference, providers_for, usable_cores
     from service.serve_process import ServeProcess
-    from service.server import PROVIDER_NAMES
     from triage_common.console import print_table, write_json
 
     overrides: dict[str, Any] = dict(parse_set_flags(args.set))
@@ -339,7 +338,7 @@ def run(args: argparse.Namespace) -> int:
         "jpeg2000": args.j2k or _default_file("RG1_J2KR.dcm"),
     }
     inference = config.inference
-    providers = available_providers([PROVIDER_NAMES[p] for p in inference.providers])
+    providers = providers_for(inference)
     batch = inference.max_batch
     cores = usable_cores()
     plans = {

@@ -29,7 +29,6 @@ class ChannelOptions:
     tls_ca: Path | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
-    token: str | None = None
     server_name: str | None = None  # TLS name override (certificate issued for another name)
     max_message_bytes: int = 64 << 20
 

@@ -44,7 +44,6 @@ def channel_from(args: argparse.Namespace) -> grpc.Channel:
             tls_ca=args.tls_ca,
             tls_cert=args.tls_cert,
             tls_key=args.tls_key,
-            token=token_from(args),
             server_name=args.server_name,
         )
     )

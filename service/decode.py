@@ -42,6 +42,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
+from service.config import DecodeConfig
 from service.errors import InvalidStudy, TooLarge, TriageError
 from service.j2k import (
     J2K_SYNTAXES,
@@ -118,6 +119,16 @@ class DecodeOptions:
     model_size: int
     reduce: bool = True
     reduce_min_scale: float = 2.0
+
+    @classmethod
+    def from_config(cls, decode: DecodeConfig, model_size: int) -> DecodeOptions:
+        """The options ``decode.*`` gives for a model of input ``model_size``."""
+        return cls(
+            max_pixels=decode.max_pixels,
+            model_size=model_size,
+            reduce=decode.reduce,
+            reduce_min_scale=decode.reduce_min_scale,
+        )
 
 
 def _describe_parse_error(exc: BaseException) -> str:

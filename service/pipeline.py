@@ -133,21 +133,14 @@ class TriagePipeline:
         *,
         decode: DecodeConfig,
         eligibility: EligibilityConfig,
-        max_instances: int,
         router: Router = route,
     ) -> None:
         self.bundle = bundle
         self.batcher = batcher
         self.policy = policy
         self.eligibility = eligibility
-        self.max_instances = max_instances
         self.router = router
-        self.decode_options = DecodeOptions(
-            max_pixels=decode.max_pixels,
-            model_size=bundle.spec.size,
-            reduce=decode.reduce,
-            reduce_min_scale=decode.reduce_min_scale,
-        )
+        self.decode_options = DecodeOptions.from_config(decode, bundle.spec.size)
 
     @staticmethod
     def _check(options: RequestOptions, stage: str) -> None:

@@ -19,10 +19,13 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
+
+if TYPE_CHECKING:
+    from service.config import InferenceConfig
 
 TENSORRT = "TensorrtExecutionProvider"
 CUDA = "CUDAExecutionProvider"
@@ -30,6 +33,8 @@ CPU = "CPUExecutionProvider"
 
 #: The service's preference order: TensorRT, then CUDA, then the CPU as the fallback.
 DEFAULT_PROVIDERS: tuple[str, ...] = (TENSORRT, CUDA, CPU)
+#: ``inference.providers`` names (the configuration's) -> ONNX Runtime execution provider names.
+PROVIDER_NAMES: dict[str, str] = {"TensorRT": TENSORRT, "CUDA": CUDA, "CPU": CPU}
 
 #: A serialized ONNX model ``y = Identity(x)`` (opset 13, ir_version 7, x and y float[1]), used
 #: to probe providers without the ``onnx`` package (the serving image has none). The tests
@@ -77,6 +82,19 @@ class ProviderSettings:
         if provider == CUDA:
             return {"device_id": str(self.device_id)}
         return {}
+
+
+def settings_for(inference: InferenceConfig) -> ProviderSettings:
+    """The GPU provider options ``inference.*`` asks for (engine cache, FP16)."""
+    cache = Path(inference.trt_engine_cache) if inference.trt_engine_cache else None
+    return ProviderSettings(trt_engine_cache=cache, trt_fp16=inference.trt_fp16)
+
+
+def providers_for(inference: InferenceConfig) -> list[str]:
+    """The ONNX Runtime providers of ``inference.providers`` that really load here, CPU last."""
+    return available_providers(
+        [PROVIDER_NAMES[p] for p in inference.providers], settings_for(inference)
+    )
 
 
 def _ort() -> Any:

@@ -60,12 +60,6 @@ MODEL = "model"
 OVERALL = ""
 #: Extra worker threads beyond ``max_in_flight`` (health checks, reflection, fast refusals).
 SPARE_WORKERS = 8
-#: ``inference.providers`` names -> ONNX Runtime execution provider names.
-PROVIDER_NAMES = {
-    "TensorRT": "TensorrtExecutionProvider",
-    "CUDA": "CUDAExecutionProvider",
-    "CPU": "CPUExecutionProvider",
-}
 
 
 def configure_decoders() -> None:
@@ -209,22 +203,20 @@ class TriageServer:
             return self._model, ["injected"], inference.streams or 1
         from service.runtime import (
             OnnxRuntimeModel,
-            ProviderSettings,
-            available_providers,
             plan_inference,
+            providers_for,
+            settings_for,
             usable_cores,
         )
 
-        cache = Path(inference.trt_engine_cache) if inference.trt_engine_cache else None
-        settings = ProviderSettings(trt_engine_cache=cache, trt_fp16=inference.trt_fp16)
-        names = available_providers([PROVIDER_NAMES[p] for p in inference.providers], settings)
+        names = providers_for(inference)
         plan = plan_inference(inference.streams, inference.intra_op_threads, names, usable_cores())
         model = OnnxRuntimeModel(
             self.bundle.model_file,
             providers=names,
             intra_op_threads=plan.intra_op_threads,
             allow_spinning=False,  # decode threads share the cores with ORT's pool
-            settings=settings,
+            settings=settings_for(inference),
         )
         return model, model.providers, plan.streams
 
@@ -251,7 +243,6 @@ class TriageServer:
                 self.policy,
                 decode=self.config.decode,
                 eligibility=self.config.eligibility,
-                max_instances=self.config.server.max_instances,
                 router=self.router,
             )
             with self._lock:

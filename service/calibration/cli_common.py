@@ -16,7 +16,7 @@ from service.calibration.calibrate import CalibrationSet
 from service.calibration.labelled import read_labelled_set
 from service.calibration.served import ServedOptions, ServedRun, run_served
 from service.config import ServiceConfig, load_config
-from service.server import PROVIDER_NAMES
+from service.runtime import PROVIDER_NAMES, settings_for
 
 DATA_HELP = (
     "labelled set the networks never saw: a phantom folder (labels.csv, e.g. a fresh "
@@ -63,6 +63,7 @@ def run_labelled(bundle: Bundle, args: argparse.Namespace, *, keep_cams: bool = 
         batch_size=max(1, int(args.batch_size)),
         keep_cams=keep_cams,
         intra_op_threads=config.inference.intra_op_threads,
+        provider_settings=settings_for(config.inference),
     )
     run = run_served(bundle, data, options)
     if run.skipped:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -286,6 +286,7 @@ def evaluate(
     """Everything, per group: metrics, bootstrap intervals, CAM IoU."""
     groups = site_groups(cal, heldout_sites)
     iou = cam_iou_per_study(cal, masks_dir) if masks_dir is not None else None
+    cal = replace(cal, cams=None)  # only the IoU reads the maps: the resamples need not copy them
     names: Sequence[str] = list(groups)
     iterator = progress(names) if progress is not None else names
     report: dict[str, Any] = {}

@@ -36,7 +36,6 @@ from service.calibration.cli_common import (
     open_bundle,
     run_labelled,
 )
-from service.calibration.labelled import read_labelled_set
 from service.calibration.recalibrate import Recalibration
 from triage_common.console import print_table, track, write_json
 
@@ -381,7 +380,7 @@ def run(args: argparse.Namespace) -> int:
         bundle = open_bundle(args.bundle)
         policy = _policy(args, bundle)
         served = run_labelled(bundle, args, keep_cams=True)
-        heldout = read_labelled_set(args.data, bundle.labels, args.image_root).heldout_sites
+        heldout = served.heldout_sites
     except (BundleError, ConfigError, PolicyFileError, ValueError, OSError) as exc:
         print(f"triage evaluate: {exc}", file=sys.stderr)
         return 2

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from service.calibration.recalibrate import Recalibration
+from triage_common.bundle_format import BUNDLE_ID_HEX, canonical_json
 
 POLICY_FORMAT = "cxr-triage/policy/1"
 
@@ -55,8 +56,7 @@ class CalibratedPolicy:
     @property
     def policy_id(self) -> str:
         """sha256 prefix over the canonical body: changes whenever anything in it changes."""
-        canonical = json.dumps(self.body(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+        return hashlib.sha256(canonical_json(self.body())).hexdigest()[:BUNDLE_ID_HEX]
 
 
 def write_policy(path: Path, policy: CalibratedPolicy) -> None:

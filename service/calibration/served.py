@@ -35,6 +35,7 @@ from service.config import DecodeConfig, EligibilityConfig
 from service.decode import DecodeOptions, decode_instance, read_header
 from service.eligibility import select_frontal
 from service.errors import TriageError
+from service.runtime import ProviderSettings
 from triage_common.console import track
 from triage_common.dicom_image import DicomDecodeError
 from triage_common.preprocess import IMAGE_SUFFIXES, load_image_display, preprocess
@@ -54,6 +55,7 @@ class ServedOptions:
     loaders: int = 0  # decoding threads; 0: one per CPU (at most 8)
     intra_op_threads: int = 0
     progress: bool = True
+    provider_settings: ProviderSettings | None = None  # the server's GPU provider options
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,7 @@ class ServedRun:
     cal: CalibrationSet
     skipped: tuple[tuple[str, str], ...]  # (path, reason)
     providers: tuple[str, ...]
+    heldout_sites: tuple[str, ...] = ()  # the labelled set's, from its dataset.json
 
     def skipped_reasons(self) -> dict[str, int]:
         """How many files were skipped for each reason."""
@@ -71,12 +74,7 @@ class ServedRun:
 
 def decode_options(bundle: Bundle, decode: DecodeConfig) -> DecodeOptions:
     """The decode stage's options exactly as ``TriagePipeline`` builds them."""
-    return DecodeOptions(
-        max_pixels=decode.max_pixels,
-        model_size=bundle.spec.size,
-        reduce=decode.reduce,
-        reduce_min_scale=decode.reduce_min_scale,
-    )
+    return DecodeOptions.from_config(decode, bundle.spec.size)
 
 
 def model_input(
@@ -105,6 +103,7 @@ def open_model(bundle: Bundle, options: ServedOptions) -> InferenceModel:
         providers=options.providers,
         intra_op_threads=options.intra_op_threads,
         allow_spinning=False,
+        settings=options.provider_settings,
     )
 
 
@@ -184,7 +183,7 @@ def run_served(
         sop_uids=tuple(data.sop_uids[i] for i in kept),
         cams=cams if options.keep_cams else None,
     )
-    return ServedRun(cal, tuple(skipped), providers)
+    return ServedRun(cal, tuple(skipped), providers, data.heldout_sites)
 
 
 def _reason(message: str) -> str:

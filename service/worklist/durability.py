@@ -18,7 +18,6 @@ Used by the test suite (one round) and by ``triage bench durability --rounds N``
 from __future__ import annotations
 
 import io
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -178,10 +177,3 @@ def run_round(
     finally:
         restarted.stop()
     return result
-
-
-def run_rounds(bundle: Path, rounds: int, workdir: Path | None = None) -> list[RoundResult]:
-    """Several rounds, each on a fresh worklist file."""
-    with tempfile.TemporaryDirectory() as tmp:
-        base = workdir or Path(tmp)
-        return [run_round(bundle, base, seed_base=r * 100_000) for r in range(rounds)]

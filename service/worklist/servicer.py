@@ -110,8 +110,7 @@ class WorklistServicer(worklist_pb2_grpc.WorklistServicer):
     def Watch(
         self, request: worklist_pb2.WatchRequest, context: grpc.ServicerContext
     ) -> Iterator[worklist_pb2.WorklistEvent]:
-        latest = self.store.events_since(0, limit=1_000_000)
-        seq = latest[-1].seq if latest else 0
+        seq = self.store.latest_seq()
         while context.is_active():
             events = _guard(context, partial(self.store.events_since, seq))
             for event in events:

@@ -116,6 +116,8 @@ class WorklistStore(Protocol):
 
     def events_since(self, seq: int, limit: int = 500) -> list[Event]: ...
 
+    def latest_seq(self) -> int: ...
+
     def close(self) -> None: ...
 
 
@@ -399,6 +401,11 @@ class SqliteWorklistStore:
             .fetchall()
         )
         return [Event(**dict(r)) for r in rows]
+
+    def latest_seq(self) -> int:
+        """The newest audit entry's number (0 when there is none): where a new Watch starts."""
+        row = self._db().execute("SELECT COALESCE(MAX(seq), 0) FROM audit").fetchone()
+        return int(row[0])
 
     def close(self) -> None:
         """Close every connection this store opened."""
