@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from service.bundle import Bundle
     from service.runtime import InferencePlan
 
 
@@ -108,22 +109,23 @@ def _uid_variants(data: bytes, n: int) -> list[bytes]:
 class ModelOnly:
     """The bundle's graph alone, in one arrangement: ``plan.streams`` threads on one session."""
 
-    def __init__(self, bundle: Path, batch: int, providers: list[str], plan: InferencePlan) -> None:
+    def __init__(
+        self, bundle: Bundle, batch: int, providers: list[str], plan: InferencePlan
+    ) -> None:
         import numpy as np
 
-        from service.bundle import load_bundle
         from service.runtime import OnnxRuntimeModel
 
-        info = load_bundle(bundle)
         self.plan = plan
         self.batch = batch
         self.model = OnnxRuntimeModel(
-            info.model_file,
+            bundle.model_file,
             providers=providers,
             intra_op_threads=plan.intra_op_threads,
             allow_spinning=False,
         )
-        x = np.random.default_rng(0).standard_normal((batch, 1, info.spec.size, info.spec.size))
+        size = bundle.spec.size
+        x = np.random.default_rng(0).standard_normal((batch, 1, size, size))
         self.x = x.astype(np.float32)
         self.model.run(self.x)
 
@@ -317,6 +319,7 @@ def run(args: argparse.Namespace) -> int:
 
     import grpc
 
+    from service.bundle import load_bundle
     from service.config import ConfigError, load_config, parse_set_flags
     from service.runtime import plan_inference, providers_for, usable_cores
     from service.serve_process import ServeProcess
@@ -345,7 +348,8 @@ def run(args: argparse.Namespace) -> int:
         "server": plan_inference(inference.streams, inference.intra_op_threads, providers, cores),
         "one batch at a time": plan_inference(1, inference.intra_op_threads, providers, cores),
     }
-    models = {name: ModelOnly(args.bundle, batch, providers, p) for name, p in plans.items()}
+    bundle = load_bundle(args.bundle)  # verified once; the server verifies its own copy
+    models = {name: ModelOnly(bundle, batch, providers, p) for name, p in plans.items()}
     encoded = {
         kind: [encode_study(d) for d in _uid_variants(path.read_bytes(), max(args.studies, 2))]
         for kind, path in kinds.items()
