@@ -125,13 +125,12 @@ def train_classifier(options: ClassifierTrainingOptions) -> dict[str, Any]:
     config = config_by_name(options.config, len(table.label_names), 1, options.cam_layer)
     model = DenseNet(config)
     if options.init_weights is not None:
-        report = load_weights(
+        load_weights(  # logs what it loaded, renamed, folded and reinitialised
             model,
             options.init_weights,
             fold_rgb=options.fold_rgb,
             head="reinit" if options.reinit_head else "refuse",
         )
-        log.info("weights_loaded", source=str(options.init_weights), report=str(report))
     # channels_last runs DenseNet's convolutions about 1.3-1.5x faster on this CPU.
     model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     optimizer = torch.optim.AdamW(

@@ -19,10 +19,15 @@ from torch import Tensor, nn
 MIN_SHRINKAGE = 1e-3
 
 
-def ledoit_wolf_shrinkage(centred: npt.NDArray[np.float64]) -> float:
-    """Ledoit-Wolf optimal shrinkage intensity towards ``trace/C * I`` for centred rows."""
+def ledoit_wolf_shrinkage(
+    centred: npt.NDArray[np.float64], gram: npt.NDArray[np.float64] | None = None
+) -> float:
+    """Ledoit-Wolf optimal shrinkage intensity towards ``trace/C * I`` for centred rows.
+
+    ``gram`` is ``centred.T @ centred`` when the caller has it already (C x C: the dear part).
+    """
     n, c = centred.shape
-    sample = centred.T @ centred / n
+    sample = (centred.T @ centred if gram is None else gram) / n
     mu = np.trace(sample) / c
     delta2 = float(np.sum((sample - mu * np.eye(c)) ** 2)) / c
     if delta2 <= 0.0:
@@ -44,11 +49,12 @@ def fit_gaussian(
         raise ValueError(f"need an (N>=2, C) feature matrix, got shape {x.shape}")
     mean = x.mean(axis=0)
     centred = x - mean
+    gram = centred.T @ centred
     if shrinkage is None:
-        shrinkage = ledoit_wolf_shrinkage(centred)
+        shrinkage = ledoit_wolf_shrinkage(centred, gram)
     shrinkage = max(float(shrinkage), MIN_SHRINKAGE)
     c = x.shape[1]
-    cov = centred.T @ centred / (x.shape[0] - 1)
+    cov = gram / (x.shape[0] - 1)
     target = np.trace(cov) / c * np.eye(c)
     shrunk = (1.0 - shrinkage) * cov + shrinkage * target
     precision = np.linalg.inv(shrunk)

@@ -21,7 +21,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageDraw
 
-from models.phantoms.geometry import F32, F64, Box, Grid, box, upsample
+from models.phantoms.geometry import F32, F64, Box, Grid, box, soft_step, upsample
 
 RIGHT: Final = "right"
 LEFT: Final = "left"
@@ -95,11 +95,6 @@ class HeartShape:
     ra_r: float
     left: float
     right: float
-
-    @property
-    def half_width(self) -> float:
-        c, s = math.cos(self.angle), math.sin(self.angle)
-        return math.sqrt((self.a * c) ** 2 + (self.b * s) ** 2)
 
     @property
     def half_height(self) -> float:
@@ -392,15 +387,9 @@ def mediastinum_occupancy(grid: Grid, anat: Anatomy, heart: HeartShape) -> tuple
     fade = np.clip((y_end - ys) / 0.04, 0.0, 1.0) / 0.006
     centre = anat.cx + anat.tilt * (ys - 0.5)
     dx = np.subtract(grid.x[win.cols][None, :], centre.astype(np.float32)[:, None])
-    occ = np.subtract(left.astype(np.float32)[:, None], dx)
-    occ *= np.float32(1.0 / 0.006)
-    occ += np.float32(0.5)
-    np.clip(occ, 0.0, 1.0, out=occ)
+    occ = soft_step(np.subtract(left.astype(np.float32)[:, None], dx), 0.006)
     dx += right.astype(np.float32)[:, None]
-    dx *= np.float32(1.0 / 0.006)
-    dx += np.float32(0.5)
-    np.clip(dx, 0.0, 1.0, out=dx)
-    occ *= dx
+    occ *= soft_step(dx, 0.006, out=dx)
     occ *= (fade * 0.006).astype(np.float32)[:, None]
     return win, occ
 

@@ -32,10 +32,6 @@ class Grid:
         """Pixels per 512-pixel reference pixel (line widths, blur and fonts scale with it)."""
         return self.size / 512.0
 
-    def px(self, value: float) -> int:
-        """A normalised position or length converted to whole pixels (clamped to the image)."""
-        return min(max(round(value * self.size), 0), self.size)
-
 
 @functools.lru_cache(maxsize=16)
 def grid_for(size: int) -> Grid:
@@ -196,9 +192,12 @@ def triangular_noise(rng: np.random.Generator, shape: tuple[int, int]) -> F32:
     return out
 
 
-def soft_step(value: F32, width: float) -> F32:
-    """0 for value << 0, 1 for value >> 0, linear over ``width`` around 0 (clipped)."""
-    out = value * np.float32(1.0 / width)
+def soft_step(value: F32, width: float, out: F32 | None = None) -> F32:
+    """0 for value << 0, 1 for value >> 0, linear over ``width`` around 0 (clipped).
+
+    ``out=value`` works in place.
+    """
+    out = np.multiply(value, np.float32(1.0 / width), out=out)
     out += np.float32(0.5)
     np.clip(out, 0.0, 1.0, out=out)
     return out

@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from models.phantoms.anatomy import Anatomy, compact_bump
-from models.phantoms.geometry import F32, F64, Grid, box
+from models.phantoms.geometry import F32, F64, Grid, box, soft_step
 from triage_common.labels import CARDIOMEGALY, EDEMA, PLEURAL_EFFUSION
 
 
@@ -72,10 +72,7 @@ def lateral_attenuation(grid: Grid, anat: Anatomy, severities: dict[str, float])
     sx = np.clip((x - a0) / (a1 - a0), 0.0, 1.0)
     dome = base - 0.12 + 0.05 * (1.0 - sx) - 0.03 * np.sin(np.pi * sx**0.9) + 0.12 * sx**3
     above = np.subtract(dome.astype(np.float32)[None, :], ys.astype(np.float32)[:, None])
-    edge = above * np.float32(1.0 / 0.008)
-    edge += np.float32(0.5)
-    np.clip(edge, 0.0, 1.0, out=edge)
-    inside *= edge
+    inside *= soft_step(above, 0.008)
     above *= np.float32(0.25 / 0.06)
     np.clip(above, 0.0, 0.25, out=above)
     above += np.float32(0.75)

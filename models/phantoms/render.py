@@ -75,10 +75,6 @@ class RenderedImage:
     blur_reach: int
     ctr: float | None
 
-    @property
-    def max_value(self) -> int:
-        return (1 << self.bits_stored) - 1
-
 
 @dataclass(frozen=True)
 class RenderedStudy:

@@ -166,9 +166,6 @@ class _Reader:
     def error(self, key: str, message: str) -> ScenarioError:
         return ScenarioError(f"{self.source}: key '{self._path(key)}' {message}")
 
-    def has(self, key: str) -> bool:
-        return key in self.data
-
     def raw(self, key: str, default: Any) -> Any:
         self.used.add(key)
         if key not in self.data:

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from triage_common.dicom_image import load_display
 from triage_common.labels import DEFAULT_LABELS, severity_column, truth_column
 
 F32 = npt.NDArray[np.float32]
@@ -18,22 +19,6 @@ _COLOURS = {
     "Pleural Effusion": "#3fa7ff",
     "Pneumothorax": "#5aff8c",
 }
-
-
-def display_image(path: Path) -> F32:
-    """A DICOM image as display floats in [0, 1] (bright = attenuating, window applied)."""
-    import pydicom
-
-    ds = pydicom.dcmread(path)
-    pixels = ds.pixel_array.astype(np.float32)
-    top = float((1 << int(ds.BitsStored)) - 1)
-    centre = float(ds.get("WindowCenter", (top + 1) / 2))
-    width = float(ds.get("WindowWidth", top + 1))
-    image = np.clip((pixels - (centre - width / 2)) / width, 0.0, 1.0)
-    if ds.PhotometricInterpretation == "MONOCHROME1":
-        image = 1.0 - image
-    out: F32 = image.astype(np.float32)
-    return out
 
 
 def _spread(rows: list[dict[str, str]], n: int, key: str | None) -> list[dict[str, str]]:
@@ -98,12 +83,10 @@ def build_contact_sheet(data: Path, out: Path, per_row: int = 6) -> int:
             if c >= len(picks):
                 continue
             row = picks[c]
-            ax.imshow(display_image(data / row["path"]), cmap="gray", vmin=0.0, vmax=1.0)
+            ax.imshow(load_display(data / row["path"]), cmap="gray", vmin=0.0, vmax=1.0)
             _outline(ax, data / "masks" / f"{row['sop_uid']}.npz", _findings(row))
             ax.set_title(_caption(row), color="white", fontsize=6.5, loc="left")
             tiles += 1
-        if picks:
-            axes[r][0].set_ylabel(title, color="white", fontsize=9)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110, facecolor="black")
