@@ -5,14 +5,20 @@ the real ``triage export onnx``. The architecture and input size are parameters,
 code makes the compact 64 px bundle of the service tests and a full DenseNet-121 224 px bundle
 for benchmarks.
 
+The runs are made on a small CSV dataset of random images, or on ``data`` (a phantom folder:
+the calibration tests). The OOD guard is fitted on random inputs and flags every phantom, so
+``ood_threshold`` can raise it for tests that are about something else.
+
 It imports torch, so the service tests call it in a subprocess
 (:func:`build_bundle_subprocess`): the pytest process, and the in-process servers it starts,
-stay torch-free. Command line: ``python -m tests.bundle_factory OUT [--arch A] [--size S]``.
+stay torch-free. Command line: ``python -m tests.bundle_factory OUT [--arch A] [--size S] [--data D]
+[--ood-threshold T]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -21,16 +27,29 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def build_bundle(out: Path, *, arch: str = "compact", size: int = 64) -> Path:
+def build_bundle(
+    out: Path,
+    *,
+    arch: str = "compact",
+    size: int = 64,
+    data: Path | None = None,
+    ood_threshold: float | None = None,
+) -> Path:
     """Write random-init runs under ``out``'s parent and export them to ``out``."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from service.cli import main
     from tests.export.export_runs import write_classifier_run, write_csv_dataset, write_error_run
 
     work = out.parent / f".{out.name}-runs"
-    dataset = write_csv_dataset(work / "dataset")
+    dataset = data if data is not None else write_csv_dataset(work / "dataset")
     model = write_classifier_run(work / "classifier", dataset, arch=arch, size=size)
     write_error_run(work / "error", work / "classifier", model)
+    if ood_threshold is not None:
+        meta_path = work / "error" / "error_model.json"
+        meta = json.loads(meta_path.read_text())
+        meta["ood"]["threshold"] = ood_threshold
+        meta["ood"]["threshold_rule"] = "raised for tests about something else (never flags)"
+        meta_path.write_text(json.dumps(meta, indent=2) + "\n")
     argv = ["export", "onnx", "--classifier", str(work / "classifier")]
     argv += ["--error-model", str(work / "error"), "--out", str(out), "--parity-images", "2"]
     if main(argv) != 0:
@@ -39,11 +58,21 @@ def build_bundle(out: Path, *, arch: str = "compact", size: int = 64) -> Path:
 
 
 def build_bundle_subprocess(
-    out: Path, *, arch: str = "compact", size: int = 64, timeout: float = 300.0
+    out: Path,
+    *,
+    arch: str = "compact",
+    size: int = 64,
+    data: Path | None = None,
+    ood_threshold: float | None = None,
+    timeout: float = 300.0,
 ) -> Path:
     """:func:`build_bundle` in a fresh interpreter (keeps torch out of the calling process)."""
     cmd = [sys.executable, "-m", "tests.bundle_factory", str(out), "--arch", arch]
     cmd += ["--size", str(size)]
+    if data is not None:
+        cmd += ["--data", str(data)]
+    if ood_threshold is not None:
+        cmd += ["--ood-threshold", repr(ood_threshold)]
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "PYTHONPATH": str(ROOT)}
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     if done.returncode != 0:
@@ -57,8 +86,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out", type=Path)
     parser.add_argument("--arch", default="compact", choices=("compact", "densenet121"))
     parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--data", type=Path, help="phantom folder to make the runs on")
+    parser.add_argument("--ood-threshold", type=float, help="raise the OOD guard's threshold")
     args = parser.parse_args(argv)
-    build_bundle(args.out, arch=args.arch, size=args.size)
+    build_bundle(
+        args.out,
+        arch=args.arch,
+        size=args.size,
+        data=args.data,
+        ood_threshold=args.ood_threshold,
+    )
     print(args.out)
     return 0
 

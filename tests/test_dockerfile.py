@@ -14,8 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.bundle_factory import build_bundle_subprocess
-
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
 
@@ -74,18 +72,19 @@ def _env(stage: str) -> dict[str, str]:
 
 
 @pytest.mark.slow
-def test_entrypoint_and_healthcheck_run_in_the_project_venv(tmp_path: Path) -> None:
+def test_entrypoint_and_healthcheck_run_in_the_project_venv(
+    tmp_path: Path, bundle_path: Path
+) -> None:
     """The image's ENTRYPOINT serves a bundle with the image's environment, and its
     HEALTHCHECK command reports it healthy (port moved to a free one for the test)."""
     ops = {op: rest for s, op, rest in instructions() if s == "runtime"}
     entrypoint = json.loads(ops["ENTRYPOINT"])
     health = json.loads(ops["HEALTHCHECK"].split("CMD", 1)[1])
     bin_dir = Path(sys.executable).parent
-    bundle = build_bundle_subprocess(tmp_path / "bundle")
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRIAGE_")}
     env.update({k: v for k, v in _env("runtime").items() if k.startswith("TRIAGE_")})
     env.update(
-        TRIAGE_BUNDLE=str(bundle),
+        TRIAGE_BUNDLE=str(bundle_path),
         TRIAGE_SERVER__HOST="127.0.0.1",
         TRIAGE_SERVER__PORT="0",
         TRIAGE_WORKLIST__PATH=str(tmp_path / "worklist.db"),

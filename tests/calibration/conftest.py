@@ -6,7 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.calibration.phantom_bundle import build_subprocess
+from tests.bundle_factory import build_bundle_subprocess
+
+#: The OOD threshold of the calibration bundle: random-init features stay far below it, so the
+#: guard (tested elsewhere) never flags the phantoms these tests calibrate on.
+OOD_THRESHOLD = 1e6
 
 
 @pytest.fixture(name="tiny_phantoms", scope="session")
@@ -33,4 +37,5 @@ def fixture_tiny_phantoms(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(name="phantom_bundle", scope="session")
 def fixture_phantom_bundle(tmp_path_factory: pytest.TempPathFactory, tiny_phantoms: Path) -> Path:
     """A random-init 64 px bundle whose runs name the tiny phantom set (built in a subprocess)."""
-    return build_subprocess(tmp_path_factory.mktemp("calibration-bundle") / "bundle", tiny_phantoms)
+    out = tmp_path_factory.mktemp("calibration-bundle") / "bundle"
+    return build_bundle_subprocess(out, data=tiny_phantoms, ood_threshold=OOD_THRESHOLD)

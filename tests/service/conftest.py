@@ -15,15 +15,8 @@ from grpc_health.v1 import health_pb2_grpc
 from service._proto.triage.v1 import triage_pb2_grpc
 from service.config import ServiceConfig, load_config
 from service.server import TriageServer, create_server
-from tests.bundle_factory import build_bundle_subprocess
 
 ServerFactory = Callable[..., tuple[TriageServer, int]]
-
-
-@pytest.fixture(name="bundle_path", scope="session")
-def fixture_bundle_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A compact random-init 64 px bundle exported by ``triage export onnx`` (torch stays out)."""
-    return build_bundle_subprocess(tmp_path_factory.mktemp("service-bundle") / "bundle")
 
 
 def make_config(bundle: Path, **dotted: Any) -> ServiceConfig:
