@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import grpc
 
@@ -21,16 +21,23 @@ import grpc
 class ServeProcess:
     """One ``triage serve ARGS... --port 0`` child with its stderr collected line by line."""
 
-    def __init__(self, args: Sequence[str], start_timeout: float = 60.0) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("TRIAGE_")}
+    def __init__(
+        self,
+        args: Sequence[str],
+        start_timeout: float = 60.0,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        child_env = {k: v for k, v in os.environ.items() if not k.startswith("TRIAGE_")}
+        child_env.update(env or {})
         cmd = [sys.executable, "-m", "service.serve_cli", *args, "--port", "0"]
-        self.proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(cmd, env=child_env, stderr=subprocess.PIPE, text=True)
         self.lines: list[str] = []
         stderr = self.proc.stderr
         assert stderr is not None
-        threading.Thread(
+        self._reader = threading.Thread(
             target=lambda: self.lines.extend(iter(stderr.readline, "")), daemon=True
-        ).start()
+        )
+        self._reader.start()
         self.port = self._wait_for_port(start_timeout)
 
     @property
@@ -68,17 +75,27 @@ class ServeProcess:
                 time.sleep(0.1)
         raise RuntimeError("triage serve did not become ready")
 
+    def count(self, event: str) -> int:
+        """Log lines so far carrying ``event``."""
+        return sum(f'"event": "{event}"' in line for line in list(self.lines))
+
+    def wait(self, timeout: float) -> int:
+        """The exit status, once the process has ended and all its stderr is in ``lines``."""
+        status = self.proc.wait(timeout)
+        self._reader.join(10)
+        return int(status)
+
     def kill(self) -> None:
         """SIGKILL: no shutdown code runs."""
         self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(30)
+        self.wait(30)
 
     def stop(self, timeout: float = 60.0) -> int:
         """SIGTERM (graceful drain) and wait; SIGKILL if it does not exit. The exit status."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(timeout)
+                return self.wait(timeout)
             except subprocess.TimeoutExpired:
                 self.kill()
         return int(self.proc.returncode)

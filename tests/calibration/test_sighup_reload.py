@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -23,8 +20,8 @@ from service._proto.triage.v1 import triage_pb2, triage_pb2_grpc
 from service.bundle import load_bundle
 from service.calibration.policy_file import CalibratedPolicy, write_policy
 from service.calibration.recalibrate import Recalibration
+from service.serve_process import ServeProcess
 
-ROOT = Path(__file__).resolve().parents[2]
 CLIENTS = 8
 
 pytestmark = pytest.mark.slow
@@ -48,45 +45,6 @@ def _policy(bundle_id: str, cost: float) -> CalibratedPolicy:
         created="2026-01-01T00:00:00Z",
         selection={"method": "explicit"},
     )
-
-
-class ServerProcess:
-    """``python -m service.serve_cli`` with its stderr collected line by line."""
-
-    def __init__(self, argv: list[str]) -> None:
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_WAIT_POLICY": "PASSIVE"}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "service.serve_cli", *argv],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.lines.append(line)
-
-    def port(self, timeout: float = 60.0) -> int:
-        """The port from the ``listening on`` line."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for line in list(self.lines):
-                if "listening on" in line:
-                    return int(line.rsplit(":", 1)[1])
-            if self.proc.poll() is not None:
-                raise RuntimeError("server exited:\n" + "".join(self.lines))
-            time.sleep(0.05)
-        raise TimeoutError("server did not start:\n" + "".join(self.lines))
-
-    def count(self, event: str) -> int:
-        """Log lines carrying ``event``."""
-        return sum(f'"event": "{event}"' in line for line in list(self.lines))
 
 
 def fresh_study(template: bytes) -> bytes:
@@ -122,18 +80,19 @@ def test_sighup_reload_under_load_loses_no_request(
     with (tiny_phantoms / "labels.csv").open(newline="") as fh:
         first = next(r for r in csv.DictReader(fh) if r["view"] == "PA")
     study = (tiny_phantoms / first["path"]).read_bytes()
-    server = ServerProcess(
+    server = ServeProcess(
         [
-            *("--bundle", str(phantom_bundle), "--policy", str(path), "--port", "0"),
+            *("--bundle", str(phantom_bundle), "--policy", str(path)),
             *("--set", f"worklist.path={tmp_path / 'worklist.db'}"),
             *("--set", "inference.warmup_runs=0", "--set", "server.shutdown_grace_seconds=5"),
-        ]
+        ],
+        env={"OMP_WAIT_POLICY": "PASSIVE"},
     )
     calls: list[list[Call]] = [[] for _ in range(CLIENTS)]
     errors: list[BaseException] = []
     stop = threading.Event()
     try:
-        channel = grpc.insecure_channel(f"127.0.0.1:{server.port()}")
+        channel = grpc.insecure_channel(server.address)
         health = health_pb2_grpc.HealthStub(channel)
         _wait_until(
             lambda: (
@@ -178,7 +137,7 @@ def test_sighup_reload_under_load_loses_no_request(
     finally:
         stop.set()
         server.proc.send_signal(signal.SIGTERM)
-        code = server.proc.wait(30)
+        code = server.wait(30)
     assert not errors, errors[:3]
     assert code == 0
     assert server.count("policy_reloaded") == 2
