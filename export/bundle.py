@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from export.manifest import finalise_manifest, utc_now, write_manifest
+from export.manifest import finalise_manifest, swap_in, utc_now, write_manifest
 from export.onnx_export import DEFAULT_OPSET, Exporter, ExportError, export_onnx, graph_shapes
 from export.parity import ParityReport, Tolerances, check_parity, parity_inputs
 from export.sources import ExportSources, load_sources
@@ -207,12 +207,7 @@ def _install(staging: Path, out: Path) -> None:
     """Move the finished staging folder to ``out``, replacing an earlier bundle there."""
     if out.exists():
         _check_replaceable(out)
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        out.rename(old)
-        staging.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        staging.rename(out)
+    swap_in(staging, out)
 
 
 def export_bundle(options: OnnxExportOptions) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -103,3 +104,15 @@ def write_manifest(bundle: Path, manifest: dict[str, Any]) -> Path:
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def swap_in(staging: Path, out: Path) -> None:
+    """Move a finished staging folder to ``out``; an earlier ``out`` is renamed aside first and
+    removed only once the new one is in place, so a crash never leaves neither."""
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        out.rename(old)
+        staging.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        staging.rename(out)

@@ -61,10 +61,7 @@ def run(args: argparse.Namespace) -> int:
     except (SourceError, ValueError) as exc:
         print(f"triage export onnx: {exc}", file=sys.stderr)
         return 2
-    except ParityFailure as exc:
-        print(f"triage export onnx: {exc}", file=sys.stderr)
-        return 1
-    except ExportError as exc:
+    except (ParityFailure, ExportError) as exc:
         print(f"triage export onnx: {exc}", file=sys.stderr)
         return 1
     parity = manifest["parity"]

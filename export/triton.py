@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from export.manifest import swap_in
 from triage_common.bundle_format import MANIFEST, read_manifest, sha256_file
 
 Kind = Literal["cpu", "gpu"]
@@ -113,9 +114,7 @@ def write_triton_repository(bundle: Path, repo: Path, options: TritonOptions) ->
             raise OSError(f"copying {bundle / onnx_name} changed its bytes")
         shutil.copyfile(bundle / MANIFEST, staging / "bundle_manifest.json")
         (staging / CONFIG).write_text(text)
-        if model_dir.exists():
-            shutil.rmtree(model_dir)
-        staging.rename(model_dir)
+        swap_in(staging, model_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return model_dir
