@@ -20,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from triage_common.console import track
-from triage_common.csv_tables import FRONTAL_VIEWS, read_frontal_rows
+from triage_common.csv_tables import FRONTAL_VIEWS, heldout_sites, read_frontal_rows
 from triage_common.labels import DEFAULT_LABELS, severity_column, truth_column
 from triage_common.preprocess import PreprocessSpec, preprocess_file
 
@@ -88,16 +88,10 @@ def _parse_label(cell: str, policy: UncertainPolicy) -> float:
     return value
 
 
-def _heldout_sites(meta: dict[str, Any]) -> set[str]:
-    sites = meta.get("scenario", {}).get("sites", [])
-    items = sites.items() if isinstance(sites, dict) else ((s.get("name"), s) for s in sites)
-    return {str(name) for name, site in items if isinstance(site, dict) and site.get("heldout")}
-
-
 def load_phantoms(data: Path, label_names: Sequence[str] | None = None) -> ImageTable:
     """Read ``labels.csv`` and ``dataset.json`` written by ``triage synth`` (frontal rows only)."""
     meta = json.loads((data / "dataset.json").read_text())
-    heldout_sites = _heldout_sites(meta)
+    heldout = set(heldout_sites(meta))
     with (data / "labels.csv").open(newline="") as fh:
         rows = [r for r in csv.DictReader(fh) if r["view"] in FRONTAL_VIEWS]
     names = tuple(label_names or DEFAULT_LABELS)
@@ -117,7 +111,7 @@ def load_phantoms(data: Path, label_names: Sequence[str] | None = None) -> Image
         study_uids=tuple(r["study_uid"] for r in rows),
         sites=tuple(r["site"] for r in rows),
         views=tuple(r["view"] for r in rows),
-        heldout=np.array([r["site"] in heldout_sites for r in rows], dtype=bool),
+        heldout=np.array([r["site"] in heldout for r in rows], dtype=bool),
         sop_uids=tuple(r["sop_uid"] for r in rows),
         kind="phantom",
         description={
@@ -125,7 +119,7 @@ def load_phantoms(data: Path, label_names: Sequence[str] | None = None) -> Image
             "path": str(data),
             "scenario": meta.get("scenario", {}).get("name"),
             "seed": meta.get("seed"),
-            "heldout_sites": sorted(heldout_sites),
+            "heldout_sites": sorted(heldout),
         },
         truth=matrix(truth_column).reshape(len(rows), len(names)),
         severity=matrix(severity_column).reshape(len(rows), len(names)),

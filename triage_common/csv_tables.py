@@ -1,4 +1,5 @@
-"""Rules for CheXpert / MIMIC-CXR style label CSVs, shared by training and calibration.
+"""Label tables shared by training and calibration: CheXpert / MIMIC-CXR style CSVs, and the
+held-out sites of a phantom folder's ``dataset.json``.
 
 A path column; the patient from a ``patient_id``/``subject_id`` column or from the path
 (``patient00001`` in CheXpert, ``p10000032`` in MIMIC-CXR); frontal rows only (``Frontal/Lateral``
@@ -12,6 +13,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 FRONTAL_VIEWS = ("PA", "AP")
 PATH_COLUMNS = ("path", "Path", "image_path", "filename")
@@ -60,3 +62,10 @@ def read_frontal_rows(
             patient = found.group(1)
         out.append(FrontalRow(line, row, row[path_col], patient))
     return columns, out
+
+
+def heldout_sites(meta: dict[str, Any]) -> tuple[str, ...]:
+    """The held-out sites a phantom folder's ``dataset.json`` names (sorted; none: empty)."""
+    sites = meta.get("scenario", {}).get("sites", [])
+    items = sites.items() if isinstance(sites, dict) else ((s.get("name"), s) for s in sites)
+    return tuple(sorted(str(name) for name, s in items if isinstance(s, dict) and s.get("heldout")))

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from triage_common.csv_tables import FRONTAL_VIEWS, read_frontal_rows
+from triage_common.csv_tables import FRONTAL_VIEWS, heldout_sites, read_frontal_rows
 
 
 @dataclass(frozen=True)
@@ -63,12 +63,6 @@ def _cell(value: str | None, policy_uncertain: float, where: str) -> float:
     return number
 
 
-def _heldout_sites(meta: dict[str, Any]) -> tuple[str, ...]:
-    sites = meta.get("scenario", {}).get("sites", [])
-    items = sites.items() if isinstance(sites, dict) else ((s.get("name"), s) for s in sites)
-    return tuple(sorted(str(name) for name, s in items if isinstance(s, dict) and s.get("heldout")))
-
-
 def read_phantoms(folder: Path, labels: tuple[str, ...]) -> LabelledSet:
     """A ``triage synth`` folder: frontal rows of ``labels.csv``, reported labels as truth."""
     meta_path = folder / "dataset.json"
@@ -87,7 +81,7 @@ def read_phantoms(folder: Path, labels: tuple[str, ...]) -> LabelledSet:
         ],
         dtype=np.float64,
     ).reshape(len(rows), len(labels))
-    heldout = _heldout_sites(meta)
+    heldout = heldout_sites(meta)
     return LabelledSet(
         root=folder,
         kind="phantom",
