@@ -56,6 +56,7 @@ from triage_common.dicom_image import (
     DicomDecodeError,
     FloatImage,
     decode_display,
+    decode_stored,
     stored_to_display,
 )
 
@@ -298,14 +299,6 @@ def box_average(stored: npt.NDArray[Any], k: int) -> npt.NDArray[Any]:
     return np.rint(mean).astype(stored.dtype) if integer else mean.astype(stored.dtype)
 
 
-def _stored_pixels(ds: Dataset) -> npt.NDArray[Any]:
-    try:
-        stored = np.asarray(ds.pixel_array)
-    except Exception as exc:  # decoders raise many types; all mean "cannot decode"
-        raise DicomDecodeError("pixel data cannot be decoded") from exc
-    return stored[0] if stored.ndim == 3 else stored
-
-
 #: Native (uncompressed) little-endian transfer syntaxes: implicit and explicit VR.
 IMPLICIT_LE = "1.2.840.10008.1.2"
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
@@ -381,7 +374,7 @@ def _display(data: bytes, header: InstanceHeader, options: DecodeOptions) -> Dec
     k = box_factor(header.rows, header.columns, options.model_size, options.reduce_min_scale)
     if k == 1:
         return DecodedImage(decode_display(ds), 0)
-    return DecodedImage(stored_to_display(ds, box_average(_stored_pixels(ds), k)), 0, k)
+    return DecodedImage(stored_to_display(ds, box_average(decode_stored(ds), k)), 0, k)
 
 
 def decode_instance(data: bytes, header: InstanceHeader, options: DecodeOptions) -> DecodedImage:

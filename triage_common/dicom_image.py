@@ -169,6 +169,11 @@ def _stored_to_display(ds: Dataset, stored: npt.NDArray[Any]) -> FloatImage:
 
 def decode_display(ds: Dataset) -> FloatImage:
     """Decode the pixel data of ``ds`` and return the display image in [0, 1]."""
+    return stored_to_display(ds, decode_stored(ds))
+
+
+def decode_stored(ds: Dataset) -> npt.NDArray[Any]:
+    """The stored pixel values of ``ds``'s (first) frame, checked to be grayscale."""
     if "PixelData" not in ds:
         raise DicomDecodeError("the DICOM file has no pixel data")
     photometric = str(ds.get("PhotometricInterpretation", "")).strip()
@@ -180,7 +185,8 @@ def decode_display(ds: Dataset) -> FloatImage:
         raise DicomDecodeError(
             f"pixel data cannot be decoded: {type(exc).__name__}: {exc}"
         ) from exc
-    return stored_to_display(ds, np.asarray(stored))
+    stored = np.asarray(stored)
+    return stored[0] if stored.ndim == 3 else stored
 
 
 def load_display(path: Path) -> FloatImage:
