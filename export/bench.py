@@ -36,8 +36,9 @@ from models.densenet import DenseNet, config_by_name
 from models.error_model import ErrorModel, ErrorModelConfig
 from models.gradcam import autograd_gradcam
 from models.ood import MahalanobisOOD
-from models.triage_net import INPUT_NAME, OUTPUT_NAMES, TriageNet
-from service.runtime import CPU, OnnxRuntimeModel
+from models.triage_net import TriageNet
+from triage_common.bundle_format import INPUT, OUTPUTS
+from triage_common.onnx_runtime import CPU, OnnxRuntimeModel
 
 PATHS = ("bundle", "plain_onnx", "eager_gradcam")
 PATH_TITLES = {
@@ -110,7 +111,7 @@ def run_benchmark(options: BenchOptions, workdir: Path | None = None) -> dict[st
     shape = (1, options.size, options.size)
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         bundle_path, plain_path = Path(tmp) / "triage.onnx", Path(tmp) / "plain.onnx"
-        export_onnx(net, bundle_path, input_shape=shape, output_names=OUTPUT_NAMES)
+        export_onnx(net, bundle_path, input_shape=shape, output_names=OUTPUTS)
         export_onnx(LogitsOnly(classifier), plain_path, input_shape=shape, output_names=["logits"])
         bundle = OnnxRuntimeModel(bundle_path, providers=[CPU], allow_spinning=False)
         plain = OnnxRuntimeModel(plain_path, providers=[CPU], allow_spinning=False)
@@ -140,7 +141,7 @@ def run_benchmark(options: BenchOptions, workdir: Path | None = None) -> dict[st
     met = {k: all(v >= TARGETS[k] for v in ratios[k].values()) for k in TARGETS}
     return {
         "options": asdict(options),
-        "input": {"name": INPUT_NAME, "shape": ["batch", *shape]},
+        "input": {"name": INPUT, "shape": ["batch", *shape]},
         "results": results,
         "ratios": ratios,
         "targets": TARGETS,

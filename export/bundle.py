@@ -20,13 +20,22 @@ from export.manifest import finalise_manifest, swap_in, utc_now, write_manifest
 from export.onnx_export import DEFAULT_OPSET, Exporter, ExportError, export_onnx, graph_shapes
 from export.parity import ParityReport, Tolerances, check_parity, parity_inputs
 from export.sources import ExportSources, load_sources
-from models.triage_net import INPUT_NAME, OUTPUT_NAMES
-from triage_common.bundle_format import MANIFEST, read_manifest
+from triage_common.bundle_format import (
+    CAMS,
+    INPUT,
+    MANIFEST,
+    MODEL_FILE,
+    OOD_SCORE,
+    OUTPUTS,
+    P_ERROR,
+    P_ERROR_LABELS,
+    PROBABILITIES,
+    read_manifest,
+)
 from triage_common.logging import get_logger
 
 log = get_logger(__name__)
 
-ONNX_FILE = "triage.onnx"
 DEFAULT_DEFER_COST = 0.2
 DEFAULT_PARITY_IMAGES = 8
 
@@ -98,13 +107,13 @@ def output_shapes(src: ExportSources) -> dict[str, list[int | str]]:
     n = len(src.labels)
     h, w = src.classifier.model.config.cam_shape(src.size, src.size)
     shapes: dict[str, list[int | str]] = {
-        "probabilities": ["batch", n],
-        "cams": ["batch", n, h, w],
-        "ood_score": ["batch"],
-        "p_error": ["batch"],
-        "p_error_labels": ["batch", n],
+        PROBABILITIES: ["batch", n],
+        CAMS: ["batch", n, h, w],
+        OOD_SCORE: ["batch"],
+        P_ERROR: ["batch"],
+        P_ERROR_LABELS: ["batch", n],
     }
-    assert tuple(shapes) == OUTPUT_NAMES
+    assert tuple(shapes) == OUTPUTS
     return shapes
 
 
@@ -124,7 +133,7 @@ def manifest_body(
     return {
         "created": utc_now(),
         "model": {
-            "file": ONNX_FILE,
+            "file": MODEL_FILE,
             "format": "onnx",
             "opset": opset,
             "ir_version": ir_version,
@@ -133,7 +142,7 @@ def manifest_body(
         },
         "labels": list(src.labels),
         "input": {
-            "name": INPUT_NAME,
+            "name": INPUT,
             "shape": ["batch", src.in_channels, src.size, src.size],
             "dtype": "float32",
         },
@@ -145,17 +154,17 @@ def manifest_body(
         "threshold_rule": cmeta.get("threshold_rule"),
         "cam": {
             "layer": cmeta.get("cam", {}).get("layer", src.classifier.model.cam_layer),
-            "shape": shapes["cams"][2:],
-            "output": "cams",
+            "shape": shapes[CAMS][2:],
+            "output": CAMS,
             "method": "Grad-CAM in closed form inside the graph (equal to autograd Grad-CAM)",
             "pixels_per_cell": src.classifier.model.config.downsampling,
         },
         "error_model": {
             "config": emeta["config"],
             "error_definition": emeta.get("error_definition"),
-            "inputs": ["probabilities", "cams"],
+            "inputs": [PROBABILITIES, CAMS],
             "output": "p_error",
-            "per_label_output": "p_error_labels",
+            "per_label_output": P_ERROR_LABELS,
         },
         "ood": {
             "kind": ood.get("kind"),
@@ -164,7 +173,7 @@ def manifest_body(
             "fitted_on": ood.get("fitted_on"),
             "threshold": ood.get("threshold"),
             "threshold_rule": ood.get("threshold_rule"),
-            "output": "ood_score",
+            "output": OOD_SCORE,
         },
         "defer_cost": float(defer_cost),
         "provenance": {
@@ -227,10 +236,10 @@ def export_bundle(options: OnnxExportOptions) -> dict[str, Any]:
     try:
         model = export_onnx(
             src.net,
-            staging / ONNX_FILE,
+            staging / MODEL_FILE,
             input_shape=(src.in_channels, src.size, src.size),
-            input_name=INPUT_NAME,
-            output_names=OUTPUT_NAMES,
+            input_name=INPUT,
+            output_names=OUTPUTS,
             opset=opset,
             exporter=options.exporter,
         )
@@ -240,7 +249,7 @@ def export_bundle(options: OnnxExportOptions) -> dict[str, Any]:
             if len(dims) != len(want) or any(
                 isinstance(d, int) and d != w for d, w in zip(dims, want, strict=True)
             ):
-                raise ExportError(f"{ONNX_FILE}: {name} has shape {dims}, expected {want}")
+                raise ExportError(f"{MODEL_FILE}: {name} has shape {dims}, expected {want}")
         images, source = parity_inputs(
             src.classifier.meta.get("data", {}),
             src.labels,
@@ -249,7 +258,7 @@ def export_bundle(options: OnnxExportOptions) -> dict[str, Any]:
             src.in_channels,
         )
         report = check_parity(
-            src.net, staging / ONNX_FILE, images, source=source, tolerances=options.tolerances
+            src.net, staging / MODEL_FILE, images, source=source, tolerances=options.tolerances
         )
         log.info("parity", source=source, **report.max_deviation)
         if not report.ok:
@@ -262,7 +271,7 @@ def export_bundle(options: OnnxExportOptions) -> dict[str, Any]:
             defer_cost=options.defer_cost,
             parity=report,
         )
-        manifest = finalise_manifest(body, staging, [ONNX_FILE])
+        manifest = finalise_manifest(body, staging, [MODEL_FILE])
         write_manifest(staging, manifest)
         read_manifest(staging)  # the service's own check, before the bundle goes live
         _install(staging, out)

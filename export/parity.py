@@ -25,9 +25,17 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from models.triage_net import OUTPUT_NAMES, TriageNet
-from service.runtime import CPU, OnnxRuntimeModel
+from models.triage_net import TriageNet
+from triage_common.bundle_format import (
+    CAMS,
+    OOD_SCORE,
+    OUTPUTS,
+    P_ERROR,
+    P_ERROR_LABELS,
+    PROBABILITIES,
+)
 from triage_common.logging import get_logger
+from triage_common.onnx_runtime import CPU, OnnxRuntimeModel
 from triage_common.preprocess import PreprocessSpec, preprocess, preprocess_file
 
 log = get_logger(__name__)
@@ -64,11 +72,11 @@ class ParityReport:
     tolerances: dict[str, float]
     metrics: dict[str, str] = field(
         default_factory=lambda: {
-            "probabilities": "max absolute difference",
-            "p_error": "max absolute difference",
-            "p_error_labels": "max absolute difference",
-            "cams": "max absolute difference after per-map min-max normalisation",
-            "ood_score": "max relative difference |a-b|/max(|b|,1)",
+            PROBABILITIES: "max absolute difference",
+            P_ERROR: "max absolute difference",
+            P_ERROR_LABELS: "max absolute difference",
+            CAMS: "max absolute difference after per-map min-max normalisation",
+            OOD_SCORE: "max relative difference |a-b|/max(|b|,1)",
         }
     )
 
@@ -148,7 +156,7 @@ def torch_outputs(net: TriageNet, images: F32) -> dict[str, F32]:
     """PyTorch outputs of the served network for ``images``, by output name."""
     net.eval()
     outs = net(torch.from_numpy(images))
-    return {name: t.numpy() for name, t in zip(OUTPUT_NAMES, outs, strict=True)}
+    return {name: t.numpy() for name, t in zip(OUTPUTS, outs, strict=True)}
 
 
 def _minmax(cams: F32, floor: float) -> npt.NDArray[np.float64]:
@@ -162,19 +170,19 @@ def _minmax(cams: F32, floor: float) -> npt.NDArray[np.float64]:
 def deviations(reference: dict[str, F32], candidate: dict[str, F32]) -> dict[str, float]:
     """The parity measures of ``candidate`` (ONNX Runtime) against ``reference`` (PyTorch)."""
     out: dict[str, float] = {}
-    for name in ("probabilities", "p_error", "p_error_labels"):
+    for name in (PROBABILITIES, P_ERROR, P_ERROR_LABELS):
         diff = np.abs(candidate[name].astype(np.float64) - reference[name].astype(np.float64))
         out[name] = float(diff.max()) if diff.size else 0.0
-    ref_cams = reference["cams"]
+    ref_cams = reference[CAMS]
     spans = ref_cams.max(axis=(-2, -1)) - ref_cams.min(axis=(-2, -1))
     floor = max(CAM_FLOOR * float(spans.max()) if spans.size else 0.0, 1e-30)
-    cam_diff = np.abs(_minmax(candidate["cams"], floor) - _minmax(ref_cams, floor))
-    out["cams"] = float(cam_diff.max()) if cam_diff.size else 0.0
-    ref_ood = reference["ood_score"].astype(np.float64)
-    rel = np.abs(candidate["ood_score"].astype(np.float64) - ref_ood) / np.maximum(
+    cam_diff = np.abs(_minmax(candidate[CAMS], floor) - _minmax(ref_cams, floor))
+    out[CAMS] = float(cam_diff.max()) if cam_diff.size else 0.0
+    ref_ood = reference[OOD_SCORE].astype(np.float64)
+    rel = np.abs(candidate[OOD_SCORE].astype(np.float64) - ref_ood) / np.maximum(
         np.abs(ref_ood), OOD_FLOOR
     )
-    out["ood_score"] = float(rel.max()) if rel.size else 0.0
+    out[OOD_SCORE] = float(rel.max()) if rel.size else 0.0
     return out
 
 
@@ -198,7 +206,7 @@ def check_parity(
     worst: dict[str, float] = {}
     for b in sizes:
         chunks = [model.run(images[i : i + b]) for i in range(0, n, b)]
-        merged = {k: np.concatenate([c[k] for c in chunks]) for k in OUTPUT_NAMES}
+        merged = {k: np.concatenate([c[k] for c in chunks]) for k in OUTPUTS}
         for name, shape_ref in reference.items():
             if merged[name].shape != shape_ref.shape:
                 raise ValueError(

@@ -4,7 +4,7 @@ One engine per precision (FP16, FP32), each with one optimisation profile coveri
 1..``max_batch`` (optimum at ``max_batch``), plus ``engines.json`` describing them (precision,
 profile, TensorRT version, GPU, bundle id, sha256). Engines are specific to the GPU model and
 TensorRT version that built them; the service's TensorRT execution provider can instead build
-and cache its own (``service.runtime.ProviderSettings.trt_engine_cache``).
+and cache its own (``triage_common.onnx_runtime.ProviderSettings.trt_engine_cache``).
 
 Needs the ``tensorrt`` Python package and a CUDA GPU; without either, :func:`require_tensorrt`
 raises :class:`MissingDependency` naming what is missing.

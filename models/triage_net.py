@@ -13,9 +13,6 @@ from models.densenet import DenseNet
 from models.error_model import ErrorModel
 from models.ood import MahalanobisOOD
 
-OUTPUT_NAMES = ("probabilities", "cams", "ood_score", "p_error", "p_error_labels")
-INPUT_NAME = "image"
-
 
 class TriageNet(nn.Module):
     """image -> probabilities [B,L], cams [B,L,h,w], ood_score [B], p_error [B],

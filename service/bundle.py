@@ -15,11 +15,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from triage_common.bundle_format import BundleError, read_manifest
+from triage_common.bundle_format import INPUT, MODEL_FILE, OUTPUTS, BundleError, read_manifest
 from triage_common.preprocess import PreprocessSpec
-
-MODEL_FILE = "triage.onnx"
-OUTPUTS = ("probabilities", "cams", "ood_score", "p_error", "p_error_labels")
 
 
 @dataclass(frozen=True)
@@ -101,6 +98,6 @@ def load_bundle(path: Path) -> Bundle:
         ood_threshold=ood_threshold,
         defer_cost=defer_cost,
         model_file=model_file,
-        input_name=str(input_info.get("name", "image")),
+        input_name=str(input_info.get("name", INPUT)),
         manifest=manifest,
     )

@@ -695,7 +695,7 @@ def validate(config: ServiceConfig) -> list[Problem]:
     w = config.worklist
     need(w.lease_seconds > 0, "worklist.lease_seconds", w.lease_seconds, "must be > 0")
     try:
-        from service.worklist.rules import parse_routing
+        from service.stages.routing import parse_routing
 
         parse_routing(config.routing.table_data())
     except ValueError as exc:

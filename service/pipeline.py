@@ -1,26 +1,29 @@
-"""The one place where the stages are wired, in the one direction data flows:
+"""The one place where the stages are wired, in the one direction data flows.
 
-    instances (bytes)
+    prepare    instances (bytes)
       -> decode.read_header        every instance, no pixels; limits checked from the header
       -> eligibility               one StudyInstanceUID; the frontal chest image; the rest ignored
       -> policy.cost_for           the request's defer cost (override checked against bounds)
       -> decode.decode_instance    pixels of the chosen image -> display image in [0, 1]
       -> preprocess                triage_common.preprocess (the one canonical preprocessing)
-      -> batcher                   micro-batched ONNX Runtime inference
+    infer
+      -> batcher                   micro-batched inference on the bundle's graph
+    conclude
       -> policy.decide             AUTO_REPORT / DEFER with reasons
       -> findings (+ overlays)     probability, threshold, present, per-label P(error), CAM
-      -> router                    worklist and priority
+      -> routing                   worklist and priority
       -> StudyResult
 
-Stages exchange plain dataclasses of numpy arrays, strings and floats; none knows about gRPC.
-Errors are raised as :mod:`service.errors` exceptions and turned into statuses by the servicer.
-The deadline and cancellation are checked between stages and while waiting for inference.
+Stages exchange the plain values of :mod:`service.core.types`; none knows about gRPC. Errors
+are :mod:`service.core.errors` exceptions, turned into statuses at the front door. The deadline
+and cancellation are checked between stages and while waiting for inference. Calibration and
+evaluation (``triage calibrate``, ``triage evaluate``) call :meth:`TriagePipeline.prepare` and
+:meth:`TriagePipeline.infer` themselves, so what they measure is what the server serves.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -28,20 +31,32 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from service.batcher import MicroBatcher, ModelOutput
 from service.bundle import Bundle
 from service.config import DecodeConfig, EligibilityConfig
-from service.decode import DecodeOptions, decode_instance, read_header
-from service.eligibility import Ignored, select_frontal, study_uid
-from service.errors import Cancelled, DeadlineExceeded
-from service.overlay import base_image, overlay_png
-from service.policy import PolicySource, decide
-from service.routing import Router, route
+from service.core.enums import DeferReason
+from service.core.errors import Cancelled, DeadlineExceeded
+from service.core.types import (
+    DecodedImage,
+    FindingResult,
+    ModelOutput,
+    PolicyDecision,
+    Selection,
+    StudyResult,
+    Timings,
+)
+from service.stages.batcher import MicroBatcher
+from service.stages.decode import DecodeOptions, decode_instance, read_header
+from service.stages.eligibility import select_frontal, study_uid
+from service.stages.overlay import base_image, overlay_png
+from service.stages.policy import Policy, PolicySource, decide
+from service.stages.routing import Router, RoutingInput, route
 from triage_common.logging import hash_uid
 from triage_common.preprocess import preprocess
 
 #: How often a request waiting for inference checks whether its client is still there.
 _POLL_SECONDS = 0.25
+
+F32 = npt.NDArray[np.float32]
 
 
 @dataclass(frozen=True)
@@ -74,52 +89,16 @@ class RequestTrace:
 
 
 @dataclass(frozen=True)
-class FindingResult:
-    """One label of the result."""
-
-    label: str
-    probability: float
-    threshold: float
-    present: bool
-    p_error: float
-    cam: npt.NDArray[np.float32]  # (h, w), CAM resolution
-    overlay_png: bytes = b""
-
-
-@dataclass(frozen=True)
-class Timings:
-    """Per-stage wall times in milliseconds."""
-
-    decode_ms: float
-    preprocess_ms: float
-    queue_ms: float
-    inference_ms: float
-    total_ms: float
-
-
-@dataclass(frozen=True)
-class StudyResult:
-    """The triage result of one study (plain values; the servicer converts it to protobuf)."""
+class Prepared:
+    """A study made ready for the model: what was chosen, decoded and fed, and its policy."""
 
     study_instance_uid: str
-    sop_instance_uid: str
-    decision: str
-    defer_reasons: tuple[str, ...]
-    p_error: float
-    p_error_raw: float
+    selection: Selection
+    decoded: DecodedImage
+    image: F32  # (1, S, S), the model input
+    policy: Policy
     defer_cost: float
-    ood_score: float
-    ood_threshold: float
-    policy_version: str
-    findings: tuple[FindingResult, ...]
-    model_version: str
-    ignored: tuple[Ignored, ...]
-    timings: Timings
-    worklist: str = ""
-    priority: str = ""
-    calling_ae_title: str = ""  # for routing rules (issue #6)
-    modality: str = ""  # of the image read
-    site: str = ""  # InstitutionName of the image read (routing rules)
+    started: float  # time.perf_counter() when preparation began
 
 
 class TriagePipeline:
@@ -152,12 +131,21 @@ class TriagePipeline:
     def run(
         self, instances: Sequence[bytes], options: RequestOptions, trace: RequestTrace
     ) -> StudyResult:
-        """Triage one study; raises :mod:`service.errors` exceptions."""
+        """Triage one study; raises :mod:`service.core.errors` exceptions."""
+        prepared = self.prepare(instances, options, trace)
+        output = self.infer(prepared.image, options, trace)
+        return self.conclude(prepared, output, options, trace)
+
+    # -- prepare -----------------------------------------------------------------------------
+
+    def prepare(
+        self, instances: Sequence[bytes], options: RequestOptions, trace: RequestTrace
+    ) -> Prepared:
+        """Headers, eligibility, the request's cost, the chosen image decoded and preprocessed."""
         start = time.perf_counter()
         trace.instances = len(instances)
         trace.bytes = sum(len(b) for b in instances)
 
-        # decode (headers) + eligibility
         max_pixels = self.decode_options.max_pixels
         headers = [read_header(data, i, max_pixels) for i, data in enumerate(instances)]
         uid = study_uid(headers)
@@ -168,7 +156,6 @@ class TriagePipeline:
         cost = policy.cost_for(options.defer_cost)
         self._check(options, "decoding")
 
-        # decode (pixels)
         chosen = selection.chosen
         decoded = decode_instance(instances[chosen.index], chosen, self.decode_options)
         trace.reduce_level, trace.box = decoded.reduce_level, decoded.box
@@ -176,25 +163,63 @@ class TriagePipeline:
         trace.stages_ms["decode"] = (t_decode - start) * 1000.0
         self._check(options, "preprocessing")
 
-        # preprocess
-        image = preprocess(decoded.display, self.bundle.spec)
-        t_pre = time.perf_counter()
-        trace.stages_ms["preprocess"] = (t_pre - t_decode) * 1000.0
-        self._check(options, "inference")
+        image = self.preprocess(decoded.display)
+        trace.stages_ms["preprocess"] = (time.perf_counter() - t_decode) * 1000.0
+        return Prepared(uid, selection, decoded, image, policy, cost, start)
 
-        # inference (micro-batched)
-        output = self._infer(image, options)
+    def preprocess(self, display: F32) -> F32:
+        """The canonical preprocessing of the bundle for one display image: ``(1, S, S)``."""
+        return preprocess(display, self.bundle.spec)
+
+    # -- infer -------------------------------------------------------------------------------
+
+    def infer(self, image: F32, options: RequestOptions, trace: RequestTrace) -> ModelOutput:
+        """One model input through the micro-batcher; honours the deadline and cancellation."""
+        self._check(options, "inference")
+        future = self.batcher.submit(image, options.deadline)
+        try:
+            while True:
+                timeout = _POLL_SECONDS
+                if options.deadline is not None:
+                    timeout = min(timeout, max(0.0, options.deadline - time.monotonic()))
+                try:
+                    output = future.result(timeout=timeout)
+                    break
+                except concurrent.futures.TimeoutError:
+                    self._check(options, "inference finished")
+        except BaseException:
+            future.cancel()
+            raise
         trace.stages_ms["queue"] = output.queue_ms
         trace.stages_ms["inference"] = output.inference_ms
         trace.batch_size = output.batch_size
+        return output
 
-        # decision, findings, routing
+    # -- conclude ----------------------------------------------------------------------------
+
+    def conclude(
+        self,
+        prepared: Prepared,
+        output: ModelOutput,
+        options: RequestOptions,
+        trace: RequestTrace,
+    ) -> StudyResult:
+        """Decision, findings and routing: the study's result."""
         t_post = time.perf_counter()
-        decision = decide(output.p_error, output.ood_score, policy, cost)
-        findings = self._findings(output, decoded.display if options.include_overlay else None)
-        total_ms = (time.perf_counter() - start) * 1000.0
-        result = StudyResult(
-            study_instance_uid=uid,
+        decision = decide(output.p_error, output.ood_score, prepared.policy, prepared.defer_cost)
+        display = prepared.decoded.display if options.include_overlay else None
+        findings = self._findings(output, display)
+        chosen = prepared.selection.chosen
+        worklist, priority = self.router(
+            routing_input(decision, findings, chosen.institution, options, chosen.modality)
+        )
+        total_ms = (time.perf_counter() - prepared.started) * 1000.0
+        trace.stages_ms["decision"] = (time.perf_counter() - t_post) * 1000.0
+        trace.decision = decision.decision.name
+        trace.reasons = tuple(r.name for r in decision.reasons)
+        trace.p_error = decision.p_error
+        return StudyResult(
+            study_instance_uid=prepared.study_instance_uid,
             sop_instance_uid=chosen.sop_instance_uid,
             decision=decision.decision,
             defer_reasons=decision.reasons,
@@ -206,10 +231,7 @@ class TriagePipeline:
             policy_version=decision.policy_version,
             findings=findings,
             model_version=self.bundle.bundle_id,
-            ignored=selection.ignored,
-            calling_ae_title=options.calling_ae_title,
-            modality=chosen.modality,
-            site=chosen.institution,
+            ignored=prepared.selection.ignored,
             timings=Timings(
                 decode_ms=trace.stages_ms["decode"],
                 preprocess_ms=trace.stages_ms["preprocess"],
@@ -217,34 +239,14 @@ class TriagePipeline:
                 inference_ms=output.inference_ms,
                 total_ms=total_ms,
             ),
+            worklist=worklist,
+            priority=priority,
+            calling_ae_title=options.calling_ae_title,
+            modality=chosen.modality,
+            site=chosen.institution,
         )
-        worklist, priority = self.router(result)
-        trace.stages_ms["decision"] = (time.perf_counter() - t_post) * 1000.0
-        trace.decision, trace.reasons, trace.p_error = (
-            decision.decision,
-            decision.reasons,
-            decision.p_error,
-        )
-        return dataclasses.replace(result, worklist=worklist, priority=priority)
 
-    def _infer(self, image: npt.NDArray[np.float32], options: RequestOptions) -> ModelOutput:
-        future = self.batcher.submit(image, options.deadline)
-        try:
-            while True:
-                timeout = _POLL_SECONDS
-                if options.deadline is not None:
-                    timeout = min(timeout, max(0.0, options.deadline - time.monotonic()))
-                try:
-                    return future.result(timeout=timeout)
-                except concurrent.futures.TimeoutError:
-                    self._check(options, "inference finished")
-        except BaseException:
-            future.cancel()
-            raise
-
-    def _findings(
-        self, output: ModelOutput, display: npt.NDArray[np.float32] | None
-    ) -> tuple[FindingResult, ...]:
+    def _findings(self, output: ModelOutput, display: F32 | None) -> tuple[FindingResult, ...]:
         base = base_image(display) if display is not None else None
         out = []
         for i, label in enumerate(self.bundle.labels):
@@ -263,3 +265,22 @@ class TriagePipeline:
                 )
             )
         return tuple(out)
+
+
+def routing_input(
+    decision: PolicyDecision,
+    findings: Sequence[FindingResult],
+    site: str,
+    options: RequestOptions,
+    modality: str,
+) -> RoutingInput:
+    """The plain values routing rules match on."""
+    return RoutingInput(
+        decision=decision.decision,
+        defer_reasons=frozenset[DeferReason](decision.reasons),
+        findings_present=frozenset(f.label for f in findings if f.present),
+        probabilities={f.label: f.probability for f in findings},
+        site=site,
+        calling_ae_title=options.calling_ae_title,
+        modality=modality,
+    )

@@ -37,8 +37,8 @@ def build_bundle(
 ) -> Path:
     """Write random-init runs under ``out``'s parent and export them to ``out``."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from service.cli import main
     from tests.export.export_runs import write_classifier_run, write_csv_dataset, write_error_run
+    from triage_tools.cli import main
 
     work = out.parent / f".{out.name}-runs"
     dataset = data if data is not None else write_csv_dataset(work / "dataset")

@@ -16,6 +16,17 @@ MANIFEST = "manifest.json"
 BUNDLE_FORMAT = "cxr-triage/bundle/1"
 BUNDLE_ID_HEX = 16
 
+# The bundle's ONNX graph, defined once for the exporter, the service and its batcher: the
+# file name, the input tensor and the output tensors (in the graph's output order).
+MODEL_FILE = "triage.onnx"
+INPUT = "image"  # float32 [batch, 1, S, S], the canonical preprocessing's output
+PROBABILITIES = "probabilities"  # [batch, L] sigmoid of the classifier's logits
+CAMS = "cams"  # [batch, L, h, w] Grad-CAM map per label (CAM layer resolution)
+OOD_SCORE = "ood_score"  # [batch] Mahalanobis distance of the pooled features
+P_ERROR = "p_error"  # [batch] the error model's P(the classifier is wrong on the study)
+P_ERROR_LABELS = "p_error_labels"  # [batch, L] the error model's per-label P(wrong)
+OUTPUTS = (PROBABILITIES, CAMS, OOD_SCORE, P_ERROR, P_ERROR_LABELS)
+
 
 class BundleError(ValueError):
     """The bundle is missing, malformed, or its files do not match their hashes."""

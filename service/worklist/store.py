@@ -26,23 +26,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from service.worklist.rules import Priority
+from service.core.enums import Priority
+from service.core.errors import Conflict, NotFound, WorklistError
 
 QUEUED, CLAIMED, COMPLETED, SUPERSEDED = "QUEUED", "CLAIMED", "COMPLETED", "SUPERSEDED"
 STATES = (QUEUED, CLAIMED, COMPLETED, SUPERSEDED)
 SYSTEM = "system"
-
-
-class WorklistError(ValueError):
-    """A worklist operation that cannot be done (unknown item, wrong state, not the holder)."""
-
-
-class NotFound(WorklistError):
-    """No such item, or no item to claim."""
-
-
-class Conflict(WorklistError):
-    """The item is not in a state that allows the operation."""
 
 
 @dataclass(frozen=True)

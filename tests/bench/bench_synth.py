@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 
-from service.cli import main
+from triage_tools.cli import main
 
 if __name__ == "__main__":
     raise SystemExit(main(["bench", "synth", *sys.argv[1:]]))

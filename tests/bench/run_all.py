@@ -27,7 +27,7 @@ OUT = ROOT / "bench-results"
 def triage(*args: str) -> int:
     """Run one ``triage`` command in a child process, streaming its output."""
     print(f"\n$ triage {' '.join(args)}", flush=True)
-    return subprocess.call([sys.executable, "-m", "service.cli", *args], cwd=ROOT)
+    return subprocess.call([sys.executable, "-m", "triage_tools.cli", *args], cwd=ROOT)
 
 
 def main() -> int:

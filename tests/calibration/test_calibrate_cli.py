@@ -10,16 +10,16 @@ import numpy as np
 import pytest
 
 from service.bundle import load_bundle
-from service.calibration.calibrate import CalibrationSet
-from service.calibration.labelled import read_labelled_set
-from service.calibration.policy_file import read_policy
-from service.calibration.recalibrate import choose_recalibration
-from service.calibration.risk_control import NotEnoughData, certify_cost
-from service.calibration.served import ServedOptions, run_served
-from service.calibration.worklist_export import ExportError, read_worklist_export
-from service.cli import main
 from service.config import PolicyConfig
-from service.policy import FilePolicySource
+from service.stages.policy import FilePolicySource
+from triage_common.policy_format import read_policy
+from triage_tools.calibration.calibrate import CalibrationSet
+from triage_tools.calibration.labelled import read_labelled_set
+from triage_tools.calibration.recalibrate import choose_recalibration
+from triage_tools.calibration.risk_control import NotEnoughData, certify_cost
+from triage_tools.calibration.served import ServedOptions, run_served
+from triage_tools.calibration.worklist_export import ExportError, read_worklist_export
+from triage_tools.cli import main
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -7,16 +7,16 @@ import math
 import numpy as np
 import pytest
 
-from service.calibration.curves import aurc, e_aurc, risk_at_deferral, risk_coverage
-from service.calibration.recalibrate import (
-    Recalibration,
+from triage_common.policy_format import Recalibration
+from triage_tools.calibration.curves import aurc, e_aurc, risk_at_deferral, risk_coverage
+from triage_tools.calibration.recalibrate import (
     brier,
     choose_recalibration,
     expected_calibration_error,
     fit_isotonic,
     fit_platt,
 )
-from service.calibration.risk_control import (
+from triage_tools.calibration.risk_control import (
     NotEnoughData,
     binomial_cdf,
     certify_cost,

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.calibration import evaluate as ev
-from service.calibration.calibrate import CalibrationSet
-from service.calibration.recalibrate import Recalibration
-from service.cli import main
+from triage_common.policy_format import Recalibration
+from triage_tools.calibration import evaluate as ev
+from triage_tools.calibration.calibrate import CalibrationSet
+from triage_tools.cli import main
 
 NAN = float("nan")
 

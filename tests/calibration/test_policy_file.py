@@ -8,15 +8,16 @@ import numpy as np
 import pytest
 
 from service.bundle import Bundle, load_bundle
-from service.calibration.policy_file import (
+from service.config import PolicyConfig
+from service.core.enums import Decision
+from service.stages.policy import FilePolicySource, decide, policy_source
+from triage_common.policy_format import (
     CalibratedPolicy,
     PolicyFileError,
     read_policy,
     write_policy,
 )
-from service.calibration.recalibrate import fit_isotonic
-from service.config import PolicyConfig
-from service.policy import AUTO_REPORT, DEFER, FilePolicySource, decide, policy_source
+from triage_tools.calibration.recalibrate import fit_isotonic
 
 
 def make_policy(bundle_id: str, cost: float = 0.3) -> CalibratedPolicy:
@@ -81,9 +82,9 @@ def test_file_source_serves_the_calibrated_policy(tmp_path: Path, served_bundle:
     assert (policy.defer_cost, policy.ood_threshold) == (0.3, 12.5)
     assert policy.version == calibrated.policy_id
     low = decide(0.1, 1.0, policy, policy.cost_for(None))  # isotonic maps 0.1 -> 0
-    assert low.decision == AUTO_REPORT and low.policy_version == calibrated.policy_id
+    assert low.decision == Decision.AUTO_REPORT and low.policy_version == calibrated.policy_id
     assert low.p_error == pytest.approx(float(calibrated.recalibration([0.1])[0]))
-    assert decide(0.1, 20.0, policy, 0.3).decision == DEFER  # OOD threshold of the file
+    assert decide(0.1, 20.0, policy, 0.3).decision == Decision.DEFER  # OOD threshold of the file
 
 
 def test_reload_swaps_good_files_and_keeps_the_old_policy_on_bad_ones(

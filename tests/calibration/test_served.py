@@ -11,10 +11,10 @@ import pytest
 
 from service._proto.triage.v1 import triage_pb2, triage_pb2_grpc
 from service.bundle import load_bundle
-from service.calibration.labelled import read_labelled_set
-from service.calibration.served import ServedOptions, run_served
 from service.config import load_config
-from service.server import create_server
+from service.rpc.server import create_server
+from triage_tools.calibration.labelled import read_labelled_set
+from triage_tools.calibration.served import ServedOptions, run_served
 
 
 def test_labelled_phantoms_keep_frontal_rows_and_reported_labels(tiny_phantoms: Path) -> None:

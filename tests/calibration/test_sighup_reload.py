@@ -18,9 +18,8 @@ from pydicom.uid import generate_uid
 
 from service._proto.triage.v1 import triage_pb2, triage_pb2_grpc
 from service.bundle import load_bundle
-from service.calibration.policy_file import CalibratedPolicy, write_policy
-from service.calibration.recalibrate import Recalibration
-from service.serve_process import ServeProcess
+from triage_common.policy_format import CalibratedPolicy, Recalibration, write_policy
+from triage_tools.serve_process import ServeProcess
 
 CLIENTS = 8
 

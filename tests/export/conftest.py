@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from service.cli import main
 from tests.export.export_runs import (
     Bundle,
     Runs,
@@ -13,6 +12,7 @@ from tests.export.export_runs import (
     write_error_run,
 )
 from triage_common.bundle_format import read_manifest
+from triage_tools.cli import main
 
 
 @pytest.fixture(name="runs", scope="session")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from service.cli import main
+from triage_tools.cli import main
 
 
 def test_bench_model_reports_three_paths_and_ratios(

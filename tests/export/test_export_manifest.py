@@ -10,13 +10,13 @@ from pathlib import Path
 import onnx
 import pytest
 
-from export.bundle import ONNX_FILE
 from export.manifest import MANIFEST_KEYS, finalise_manifest, json_clean, write_manifest
-from models.triage_net import OUTPUT_NAMES
 from tests.export.export_runs import LABELS, SIZE, Bundle
 from triage_common.bundle_format import (
     BUNDLE_FORMAT,
     MANIFEST,
+    MODEL_FILE,
+    OUTPUTS,
     BundleError,
     compute_bundle_id,
     read_manifest,
@@ -32,7 +32,7 @@ def test_manifest_describes_the_bundle(bundle: Bundle) -> None:
     assert m["created"].endswith("Z")
     assert m["labels"] == list(LABELS)
     assert m["input"] == {"name": "image", "shape": ["batch", 1, SIZE, SIZE], "dtype": "float32"}
-    assert list(m["outputs"]) == list(OUTPUT_NAMES)
+    assert list(m["outputs"]) == list(OUTPUTS)
     assert m["outputs"]["cams"]["shape"] == ["batch", len(LABELS), *m["cam"]["shape"]]
     assert m["preprocess"]["size"] == SIZE
     assert m["thresholds"] == dict(zip(LABELS, [0.3, 0.4, 0.5, 0.6], strict=True))
@@ -48,23 +48,23 @@ def test_manifest_describes_the_bundle(bundle: Bundle) -> None:
     assert prov["classifier"]["metrics"]["val_macro_auroc"] is None  # NaN written as null
     assert prov["export"]["opset"] == 17 and prov["export"]["torch"] and prov["export"]["onnx"]
     assert prov["error_model"]["report"]["groups"][0]["error_detection_auroc"]
-    graph = onnx.load(str(bundle.path / ONNX_FILE))
+    graph = onnx.load(str(bundle.path / MODEL_FILE))
     dims = [d.dim_value for d in graph.graph.output[1].type.tensor_type.shape.dim[1:]]
     assert dims == m["outputs"]["cams"]["shape"][1:]
-    entry = m["files"][ONNX_FILE]
-    assert entry["sha256"] == sha256_file(bundle.path / ONNX_FILE)
-    assert entry["bytes"] == (bundle.path / ONNX_FILE).stat().st_size
-    assert sorted(p.name for p in bundle.path.iterdir()) == sorted([ONNX_FILE, MANIFEST])
+    entry = m["files"][MODEL_FILE]
+    assert entry["sha256"] == sha256_file(bundle.path / MODEL_FILE)
+    assert entry["bytes"] == (bundle.path / MODEL_FILE).stat().st_size
+    assert sorted(p.name for p in bundle.path.iterdir()) == sorted([MODEL_FILE, MANIFEST])
 
 
 def test_tampered_onnx_is_refused_naming_the_file(bundle: Bundle, tmp_path: Path) -> None:
     """One flipped byte in the ONNX file makes read_manifest fail naming that file."""
     copy = tmp_path / "bundle"
     shutil.copytree(bundle.path, copy)
-    data = bytearray((copy / ONNX_FILE).read_bytes())
+    data = bytearray((copy / MODEL_FILE).read_bytes())
     data[len(data) // 2] ^= 0xFF
-    (copy / ONNX_FILE).write_bytes(bytes(data))
-    with pytest.raises(BundleError, match=ONNX_FILE):
+    (copy / MODEL_FILE).write_bytes(bytes(data))
+    with pytest.raises(BundleError, match=MODEL_FILE):
         read_manifest(copy)
 
 

@@ -10,28 +10,27 @@ import onnx
 import pytest
 import torch
 
-from export.bundle import ONNX_FILE, OnnxExportOptions, ParityFailure, export_bundle
+from export.bundle import OnnxExportOptions, ParityFailure, export_bundle
 from export.parity import Tolerances, check_parity, parity_inputs, synthetic_inputs
 from export.sources import SourceError, load_sources
 from models.gradcam import autograd_gradcam
-from models.triage_net import INPUT_NAME, OUTPUT_NAMES
-from service.cli import main
-from service.runtime import OnnxRuntimeModel
 from tests.export.export_runs import LABELS, SIZE, Bundle, Runs, write_classifier_run
-from triage_common.bundle_format import read_manifest
+from triage_common.bundle_format import INPUT, MODEL_FILE, OUTPUTS, read_manifest
+from triage_common.onnx_runtime import OnnxRuntimeModel
 from triage_common.preprocess import PreprocessSpec
+from triage_tools.cli import main
 
 
 def test_graph_has_named_outputs_and_dynamic_batch(bundle: Bundle) -> None:
     """One ONNX graph, opset 17+, input image [batch,1,S,S] float32 and the five named outputs."""
-    model = onnx.load(str(bundle.path / ONNX_FILE))
+    model = onnx.load(str(bundle.path / MODEL_FILE))
     onnx.checker.check_model(model, full_check=True)
     assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 17
     (image,) = model.graph.input
     dims = [d.dim_param or d.dim_value for d in image.type.tensor_type.shape.dim]
-    assert image.name == INPUT_NAME and dims == ["batch", 1, SIZE, SIZE]
+    assert image.name == INPUT and dims == ["batch", 1, SIZE, SIZE]
     assert image.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
-    assert tuple(o.name for o in model.graph.output) == OUTPUT_NAMES
+    assert tuple(o.name for o in model.graph.output) == OUTPUTS
     for out in model.graph.output:
         assert out.type.tensor_type.shape.dim[0].dim_param == "batch"
 
@@ -57,7 +56,7 @@ def test_parity_holds_on_fresh_inputs_and_batch_sizes(bundle: Bundle, runs: Runs
     """ONNX Runtime matches PyTorch on new synthetic inputs at batch sizes 1, 2 and 5."""
     src = load_sources(runs.classifier, runs.error_model)
     images = synthetic_inputs(5, PreprocessSpec(size=SIZE), seed=11)
-    report = check_parity(src.net, bundle.path / ONNX_FILE, images, batch_sizes=[1, 2, 5])
+    report = check_parity(src.net, bundle.path / MODEL_FILE, images, batch_sizes=[1, 2, 5])
     assert report.ok, report.failures
     assert report.max_deviation["probabilities"] <= 1e-4
     assert report.max_deviation["ood_score"] <= 1e-4
@@ -67,7 +66,7 @@ def test_onnx_cams_equal_autograd_gradcam(bundle: Bundle, runs: Runs) -> None:
     """The CAM output served by ONNX Runtime equals autograd Grad-CAM at the final ReLU."""
     src = load_sources(runs.classifier, runs.error_model)
     images = synthetic_inputs(3, PreprocessSpec(size=SIZE), seed=5)
-    cams = OnnxRuntimeModel(bundle.path / ONNX_FILE, allow_spinning=False).run(images)["cams"]
+    cams = OnnxRuntimeModel(bundle.path / MODEL_FILE, allow_spinning=False).run(images)["cams"]
     reference = autograd_gradcam(src.classifier.model, torch.from_numpy(images)).numpy()
     assert cams.shape == reference.shape == (3, len(LABELS), *bundle.manifest["cam"]["shape"])
     np.testing.assert_allclose(cams, reference, atol=1e-5 * max(1.0, float(reference.max())))

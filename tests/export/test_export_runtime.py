@@ -1,4 +1,4 @@
-"""``service.runtime``: quiet provider selection and the ONNX Runtime session wrapper."""
+"""``triage_common.onnx_runtime``: quiet provider selection and the ONNX Runtime session wrapper."""
 
 from __future__ import annotations
 
@@ -7,11 +7,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from export.bundle import ONNX_FILE
-from models.triage_net import OUTPUT_NAMES
-from service import runtime
-from service.runtime import CPU, CUDA, TENSORRT, OnnxRuntimeModel, available_providers
 from tests.export.export_runs import SIZE, Bundle
+from triage_common import onnx_runtime as runtime
+from triage_common.bundle_format import MODEL_FILE, OUTPUTS
+from triage_common.onnx_runtime import CPU, CUDA, TENSORRT, OnnxRuntimeModel, available_providers
 
 
 def test_gpu_providers_are_dropped_quietly_on_a_cpu_host(
@@ -50,7 +49,7 @@ def test_probe_model_is_a_valid_identity_graph() -> None:
 def test_session_options_and_run(bundle: Bundle) -> None:
     """Optimisation level ALL, configurable threads and spinning, and outputs by name."""
     model = OnnxRuntimeModel(
-        bundle.path / ONNX_FILE, intra_op_threads=1, allow_spinning=False, providers=[CUDA, CPU]
+        bundle.path / MODEL_FILE, intra_op_threads=1, allow_spinning=False, providers=[CUDA, CPU]
     )
     options = model.session.get_session_options()
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
@@ -58,7 +57,7 @@ def test_session_options_and_run(bundle: Bundle) -> None:
     assert str(options.graph_optimization_level).endswith("ORT_ENABLE_ALL")
     assert model.providers[-1] == CPU
     outputs = model.run(np.zeros((2, 1, SIZE, SIZE), dtype=np.float64))
-    assert tuple(outputs) == OUTPUT_NAMES
+    assert tuple(outputs) == OUTPUTS
     assert all(v.shape[0] == 2 and v.dtype == np.float32 for v in outputs.values())
     with pytest.raises(ValueError, match="B, C, S, S"):
         model.run(np.zeros((1, SIZE, SIZE), dtype=np.float32))

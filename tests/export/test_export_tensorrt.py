@@ -10,8 +10,8 @@ import pytest
 
 from export import tensorrt
 from export.tensorrt import CudaDevice, MissingDependency, require_tensorrt
-from service.cli import main
 from tests.export.export_runs import Bundle
+from triage_tools.cli import main
 
 
 def test_missing_tensorrt_exits_3_naming_what_is_missing(

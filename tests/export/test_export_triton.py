@@ -9,10 +9,9 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from export.bundle import ONNX_FILE
-from service.cli import main
 from tests.export.export_runs import Bundle
-from triage_common.bundle_format import sha256_file
+from triage_common.bundle_format import MODEL_FILE, sha256_file
+from triage_tools.cli import main
 
 
 def _graph_io(path: Path) -> dict[str, tuple[list[int], int]]:
@@ -41,7 +40,7 @@ def test_config_parses_and_matches_onnx_graph(
     for config_path in configs:
         config = text_format.Parse(config_path.read_text(), model_config_pb2.ModelConfig())
         onnx_path = config_path.parent / "1" / "model.onnx"
-        assert sha256_file(onnx_path) == bundle.manifest["files"][ONNX_FILE]["sha256"]
+        assert sha256_file(onnx_path) == bundle.manifest["files"][MODEL_FILE]["sha256"]
         assert config.name == config_path.parent.name
         assert config.platform == "onnxruntime_onnx"
         assert config.max_batch_size == max_batch
@@ -72,9 +71,9 @@ def test_triton_refuses_a_tampered_bundle(
     """A bundle whose manifest no longer verifies is not turned into a repository (exit 1)."""
     copy = tmp_path / "bundle"
     copy.mkdir()
-    (copy / ONNX_FILE).write_bytes(b"not the exported graph")
+    (copy / MODEL_FILE).write_bytes(b"not the exported graph")
     (copy / "manifest.json").write_text((bundle.path / "manifest.json").read_text())
     repo = tmp_path / "repo"
     assert main(["export", "triton", "--bundle", str(copy), "--out", str(repo)]) == 1
-    assert ONNX_FILE in capsys.readouterr().err
+    assert MODEL_FILE in capsys.readouterr().err
     assert not (repo / "cxr_triage").exists()

@@ -12,8 +12,8 @@ import torch
 from models.error_loop import ErrorTrainingOptions
 from models.error_loop import train_error_model as train_error
 from models.runs import load_classifier_run, read_split
-from service.cli import main
 from triage_common.scores import entropy_score, softmax_response_score
+from triage_tools.cli import main
 
 pytestmark = pytest.mark.slow
 

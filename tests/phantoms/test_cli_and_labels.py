@@ -12,9 +12,9 @@ import pytest
 from models.phantoms.outputs import LABEL_COLUMNS
 from models.phantoms.scenario import Scenario
 from models.phantoms.study import plan_dataset
-from service.cli import main
 from tests.phantoms.phantom_data import SMALL_STUDIES, SmallDataset, read_rows
 from triage_common.labels import DEFAULT_LABELS, severity_column, truth_column
+from triage_tools.cli import main
 
 
 def test_synth_command_writes_a_dataset(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -16,7 +16,7 @@ from models.phantoms.scenario import (
     load_scenario,
     parse_scenario,
 )
-from service.cli import main
+from triage_tools.cli import main
 
 
 @pytest.fixture(name="raw_scenario")

@@ -14,7 +14,7 @@ from grpc_health.v1 import health_pb2_grpc
 
 from service._proto.triage.v1 import triage_pb2_grpc
 from service.config import ServiceConfig, load_config
-from service.server import TriageServer, create_server
+from service.rpc.server import TriageServer, create_server
 
 ServerFactory = Callable[..., tuple[TriageServer, int]]
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from service.cli import main
+from triage_tools.cli import main
 
 pytestmark = pytest.mark.slow
 

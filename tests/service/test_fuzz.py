@@ -6,10 +6,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from service.config import EligibilityConfig
-from service.decode import DecodeOptions, decode_instance, read_header
-from service.eligibility import select_frontal, study_uid
-from service.errors import TriageError
-from service.server import configure_decoders
+from service.core.errors import TriageError
+from service.rpc.server import configure_decoders
+from service.stages.decode import DecodeOptions, decode_instance, read_header
+from service.stages.eligibility import select_frontal, study_uid
 from tests.service.dicom_factory import chest
 
 configure_decoders()  # as in the server: lenient reading, no value-quoting warnings

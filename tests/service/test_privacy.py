@@ -11,10 +11,10 @@ import grpc
 import pytest
 import structlog
 
-from service.client import CallOptions, triage_study
 from tests.service.conftest import ServerFactory, open_stub
 from tests.service.dicom_factory import PHI, chest, without_pixels
 from triage_common.logging import configure_logging, hash_uid
+from triage_tools.client import CallOptions, triage_study
 
 
 @pytest.fixture(name="log_buffer")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from service import protogen
 from service._proto.triage.v1 import triage_pb2
+from triage_tools import protogen
 
 
 def test_committed_stubs_are_current(tmp_path: Path) -> None:
@@ -22,7 +22,7 @@ def test_committed_stubs_are_current(tmp_path: Path) -> None:
         for p in (committed_root / protogen.PACKAGE_DIR).rglob("*.py*")
     }
     generated = {p.relative_to(tmp_path) for p in fresh}
-    assert not stale, f"stale stubs (run python -m service.protogen): {stale}"
+    assert not stale, f"stale stubs (run python -m triage_tools.protogen): {stale}"
     assert committed == generated
 
 

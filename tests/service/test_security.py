@@ -16,9 +16,9 @@ from cryptography.x509.oid import NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from service._proto.triage.v1 import triage_pb2_grpc
-from service.client import CallOptions, ChannelOptions, open_channel, triage_study
 from tests.service.conftest import ServerFactory, open_stub
 from tests.service.dicom_factory import chest
+from triage_tools.client import CallOptions, ChannelOptions, open_channel, triage_study
 
 
 @dataclass(frozen=True)

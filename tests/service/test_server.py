@@ -16,8 +16,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from PIL import Image
 
 from service._proto.triage.v1 import triage_pb2, triage_pb2_grpc
-from service.client import CallOptions, chunks, triage_study
-from service.server import TriageServer
+from service.rpc.server import TriageServer
 from tests.service.conftest import FakeModel, ServerFactory, open_stub
 from tests.service.dicom_factory import (
     as_chest,
@@ -29,6 +28,7 @@ from tests.service.dicom_factory import (
     with_study_uid,
     without_pixels,
 )
+from triage_tools.client import CallOptions, chunks, triage_study
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

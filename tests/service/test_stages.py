@@ -13,27 +13,28 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from service.batcher import MicroBatcher
 from service.config import EligibilityConfig
-from service.decode import DecodeOptions, InstanceHeader, decode_instance, read_header
-from service.eligibility import select_frontal, study_uid
-from service.errors import (
-    STATUS_TABLE,
+from service.core.enums import Decision, DeferReason, Priority
+from service.core.errors import (
     InferenceFailed,
     InvalidStudy,
     NotEligible,
     Overloaded,
     PolicyOutOfBounds,
     TooLarge,
-    status_for,
 )
-from service.j2k import choose_level, parse_codestream, reduced_size
-from service.jpeg_header import jpeg_frame_size
-from service.policy import AUTO_REPORT, DEFER, Policy, decide
-from service.routing import route
-from service.runtime import CPU, CUDA, InferencePlan, plan_inference
+from service.core.types import InstanceHeader
+from service.rpc.status import STATUS_TABLE, status_for
+from service.stages.batcher import MicroBatcher
+from service.stages.decode import DecodeOptions, decode_instance, read_header
+from service.stages.eligibility import select_frontal, study_uid
+from service.stages.j2k import choose_level, parse_codestream, reduced_size
+from service.stages.jpeg_header import jpeg_frame_size
+from service.stages.policy import Policy, decide
+from service.stages.routing import RoutingInput, route
 from tests.service.conftest import FakeModel
 from tests.service.dicom_factory import chest, file_bytes, huge_header
+from triage_common.onnx_runtime import CPU, CUDA, InferencePlan, plan_inference
 
 RULES = EligibilityConfig()
 
@@ -184,9 +185,9 @@ def test_decision_rule(p_error: float, ood: float, cost: float, ood_threshold: f
     """AUTO_REPORT iff P(error) <= cost and OOD score <= threshold; reasons list each failure."""
     result = decide(p_error, ood, Policy(defer_cost=cost, ood_threshold=ood_threshold), cost)
     auto = p_error <= cost and ood <= ood_threshold
-    assert result.decision == (AUTO_REPORT if auto else DEFER)
-    assert ("P_ERROR_ABOVE_COST" in result.reasons) == (not p_error <= cost)
-    assert ("OUT_OF_DISTRIBUTION" in result.reasons) == (not ood <= ood_threshold)
+    assert result.decision == (Decision.AUTO_REPORT if auto else Decision.DEFER)
+    assert (DeferReason.P_ERROR_ABOVE_COST in result.reasons) == (not p_error <= cost)
+    assert (DeferReason.OUT_OF_DISTRIBUTION in result.reasons) == (not ood <= ood_threshold)
 
 
 def test_policy_bounds_and_recalibration() -> None:
@@ -199,32 +200,27 @@ def test_policy_bounds_and_recalibration() -> None:
         with pytest.raises(PolicyOutOfBounds):
             policy.cost_for(bad)
     result = decide(0.3, 0.0, policy, 0.2)
-    assert result.p_error == 0.15 and result.p_error_raw == 0.3 and result.decision == AUTO_REPORT
+    assert (
+        result.p_error == 0.15
+        and result.p_error_raw == 0.3
+        and result.decision == Decision.AUTO_REPORT
+    )
     assert result.policy_version == "p1"
-
-
-@dataclasses.dataclass(frozen=True)
-class _F:
-    label: str
-    present: bool
-
-
-@dataclasses.dataclass(frozen=True)
-class _R:
-    decision: str
-    findings: tuple[_F, ...]
 
 
 def test_routing_defaults() -> None:
     """Issue-6 defaults: critical first (STAT even if deferred), deferred, confirm, ai-normal."""
-    none = (_F("Edema", False), _F("Pneumothorax", False))
-    edema = (_F("Edema", True), _F("Pneumothorax", False))
-    ptx = (_F("Edema", False), _F("Pneumothorax", True))
-    assert route(_R("DEFER", ptx)) == ("radiologist", "STAT")
-    assert route(_R("AUTO_REPORT", ptx)) == ("radiologist", "STAT")
-    assert route(_R("DEFER", none)) == ("radiologist", "ROUTINE")
-    assert route(_R("AUTO_REPORT", edema)) == ("radiologist-confirm", "ROUTINE")
-    assert route(_R("AUTO_REPORT", none)) == ("ai-normal", "ROUTINE")
+    auto, defer = Decision.AUTO_REPORT, Decision.DEFER
+    none: frozenset[str] = frozenset()
+    edema, ptx = frozenset({"Edema"}), frozenset({"Pneumothorax"})
+    assert route(RoutingInput(defer, findings_present=ptx)) == ("radiologist", Priority.STAT)
+    assert route(RoutingInput(auto, findings_present=ptx)) == ("radiologist", Priority.STAT)
+    assert route(RoutingInput(defer, findings_present=none)) == ("radiologist", Priority.ROUTINE)
+    assert route(RoutingInput(auto, findings_present=edema)) == (
+        "radiologist-confirm",
+        Priority.ROUTINE,
+    )
+    assert route(RoutingInput(auto, findings_present=none)) == ("ai-normal", Priority.ROUTINE)
 
 
 def test_status_table() -> None:
@@ -336,7 +332,7 @@ def test_native_pixels_match_pydicom() -> None:
 
     import pydicom
 
-    from service.decode import native_pixels
+    from service.stages.decode import native_pixels
     from tests.service.dicom_factory import to_bytes
 
     ds = pydicom.dcmread(io.BytesIO(chest(factor=8)))
@@ -369,7 +365,7 @@ def test_tampered_bundle_refused(bundle_path: Path, tmp_path: Path) -> None:
     """create_server refuses a bundle whose model file no longer matches its sha256."""
     import shutil
 
-    from service.server import create_server
+    from service.rpc.server import create_server
     from tests.service.conftest import make_config
     from triage_common.bundle_format import BundleError
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from service.cli import main
-from service.server import TriageServer
+from service.rpc.server import TriageServer
 from tests.service.dicom_factory import chest, file_bytes
 from triage_common.logging import hash_uid
+from triage_tools.cli import main
 
 
 @pytest.fixture(name="study_folder")

@@ -13,10 +13,10 @@ import grpc
 import pytest
 
 from service._proto.triage.v1 import triage_pb2
-from service.client import chunks
-from service.serve_process import ServeProcess
 from tests.service.conftest import open_stub
 from tests.service.dicom_factory import PHI, chest
+from triage_tools.client import chunks
+from triage_tools.serve_process import ServeProcess
 
 pytestmark = pytest.mark.slow
 

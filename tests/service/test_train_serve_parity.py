@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.decode import DecodeOptions, decode_instance, read_header
+from service.stages.decode import DecodeOptions, decode_instance, read_header
 from triage_common.preprocess import PreprocessSpec, preprocess, preprocess_file
 
 SPEC = PreprocessSpec(size=224)

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from service.server import TriageServer, create_server
+from service.rpc.server import TriageServer, create_server
 from tests.service.conftest import make_config
 
 WorklistServerFactory = Callable[..., tuple[TriageServer, int]]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from service.worklist.durability import run_round
+from triage_tools.durability import run_round
 
 pytestmark = pytest.mark.slow
 

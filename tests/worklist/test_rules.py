@@ -6,11 +6,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from service.worklist.rules import (
-    DECISIONS,
+from service.core.enums import Decision, DeferReason, Priority
+from service.stages.routing import (
     DEFAULT_TABLE,
-    DEFER_REASONS,
-    Priority,
     RoutingInput,
     RoutingTable,
     Rule,
@@ -23,19 +21,21 @@ LABELS = ("Cardiomegaly", "Edema", "Pleural Effusion", "Pneumothorax")
 def test_shipped_defaults_route_as_documented() -> None:
     """Deferred -> radiologist, pneumothorax -> STAT, findings -> confirm, normal -> ai-normal."""
     route = DEFAULT_TABLE.route
-    assert route(RoutingInput("DEFER", frozenset({"P_ERROR_ABOVE_COST"})))[:2] == (
+    assert route(RoutingInput(Decision.DEFER, frozenset({DeferReason.P_ERROR_ABOVE_COST})))[:2] == (
         "radiologist",
         Priority.ROUTINE,
     )
-    assert route(RoutingInput("DEFER", findings_present=frozenset({"Pneumothorax"})))[:2] == (
+    assert route(RoutingInput(Decision.DEFER, findings_present=frozenset({"Pneumothorax"})))[
+        :2
+    ] == (
         "radiologist",
         Priority.STAT,
     )
-    assert route(RoutingInput("AUTO_REPORT", findings_present=frozenset({"Edema"})))[:2] == (
+    assert route(RoutingInput(Decision.AUTO_REPORT, findings_present=frozenset({"Edema"})))[:2] == (
         "radiologist-confirm",
         Priority.ROUTINE,
     )
-    assert route(RoutingInput("AUTO_REPORT"))[:2] == ("ai-normal", Priority.ROUTINE)
+    assert route(RoutingInput(Decision.AUTO_REPORT))[:2] == ("ai-normal", Priority.ROUTINE)
 
 
 def test_first_match_wins() -> None:
@@ -43,12 +43,12 @@ def test_first_match_wins() -> None:
     table = RoutingTable(
         (
             Rule("site-a", "site-a-list", Priority.URGENT, sites=frozenset({"A"})),
-            Rule("deferred", "radiologist", Priority.ROUTINE, decision="DEFER"),
+            Rule("deferred", "radiologist", Priority.ROUTINE, decision=Decision.DEFER),
             Rule("default", "ai-normal", Priority.ROUTINE),
         )
     )
-    assert table.route(RoutingInput("DEFER", site="A"))[0] == "site-a-list"
-    assert table.route(RoutingInput("DEFER", site="B"))[0] == "radiologist"
+    assert table.route(RoutingInput(Decision.DEFER, site="A"))[0] == "site-a-list"
+    assert table.route(RoutingInput(Decision.DEFER, site="B"))[0] == "radiologist"
 
 
 def test_probability_threshold_condition() -> None:
@@ -67,11 +67,11 @@ def test_probability_threshold_condition() -> None:
         LABELS,
     )
     assert (
-        table.route(RoutingInput("AUTO_REPORT", probabilities={"Cardiomegaly": 0.85}))[0]
+        table.route(RoutingInput(Decision.AUTO_REPORT, probabilities={"Cardiomegaly": 0.85}))[0]
         == "cardio"
     )
     assert (
-        table.route(RoutingInput("AUTO_REPORT", probabilities={"Cardiomegaly": 0.5}))[0]
+        table.route(RoutingInput(Decision.AUTO_REPORT, probabilities={"Cardiomegaly": 0.5}))[0]
         == "ai-normal"
     )
 
@@ -98,8 +98,8 @@ def test_bad_rule_is_reported_with_position(rules: list[dict[str, object]], mess
 
 routing_inputs = st.builds(
     RoutingInput,
-    decision=st.sampled_from(DECISIONS),
-    defer_reasons=st.frozensets(st.sampled_from(DEFER_REASONS)),
+    decision=st.sampled_from(Decision),
+    defer_reasons=st.frozensets(st.sampled_from(DeferReason)),
     findings_present=st.frozensets(st.sampled_from(LABELS)),
     probabilities=st.dictionaries(st.sampled_from(LABELS), st.floats(0, 1)),
     site=st.sampled_from(["", "A", "B"]),
@@ -112,7 +112,7 @@ conditional_rules = st.builds(
     name=st.just("r"),
     worklist=st.sampled_from(["w1", "w2", "w3"]),
     priority=st.sampled_from(list(Priority)),
-    decision=st.none() | st.sampled_from(DECISIONS),
+    decision=st.none() | st.sampled_from(Decision),
     findings_any=st.frozensets(st.sampled_from(LABELS), max_size=2),
     sites=st.frozensets(st.sampled_from(["A", "B"]), max_size=1),
 )

@@ -11,9 +11,9 @@ import grpc
 import pytest
 
 from service._proto.triage.v1 import triage_pb2, triage_pb2_grpc, worklist_pb2, worklist_pb2_grpc
-from service.cli import main
 from tests.service.dicom_factory import chest
 from tests.worklist.conftest import WorklistServerFactory
+from triage_tools.cli import main
 
 
 def stubs(port: int) -> tuple[triage_pb2_grpc.TriageStub, worklist_pb2_grpc.WorklistStub]:

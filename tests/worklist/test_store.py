@@ -7,16 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from service.worklist.rules import Priority
-from service.worklist.store import (
-    CLAIMED,
-    COMPLETED,
-    QUEUED,
-    SUPERSEDED,
-    Conflict,
-    NotFound,
-    SqliteWorklistStore,
-)
+from service.core.enums import Priority
+from service.core.errors import Conflict, NotFound
+from service.worklist.store import CLAIMED, COMPLETED, QUEUED, SUPERSEDED, SqliteWorklistStore
 
 
 class FakeClock:

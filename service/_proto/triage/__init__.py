@@ -1,1 +1,1 @@
-"""Generated gRPC stubs (python -m service.protogen); do not edit."""
+"""Generated gRPC stubs (python -m triage_tools.protogen); do not edit."""

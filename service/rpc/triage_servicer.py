@@ -1,0 +1,345 @@
+"""The Triage gRPC servicer: the one boundary where exceptions become gRPC statuses.
+
+Both RPCs go through :meth:`TriageServicer._handle`, which
+
+1. admits the call (at most ``server.max_in_flight`` at once, RESOURCE_EXHAUSTED beyond);
+2. arms a timer that cancels the call after ``server.max_request_seconds`` (a client that
+   sends no deadline, or stalls a stream, cannot hold a worker for ever);
+3. gathers the instances (unary message, or the chunk stream with its size limits);
+4. runs the pipeline and converts the :class:`StudyResult` to protobuf;
+5. on any exception, looks the status up in :data:`service.core.errors.STATUS_TABLE` and aborts the
+   call with the exception's own (patient-data-free) message; an exception outside the table
+   becomes INTERNAL with a fixed message and only its type in the log;
+6. writes one structured log line (hashed study UID, stage timings, decision, status) and
+   updates the metrics.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from service._proto.triage.v1 import triage_pb2, triage_pb2_grpc
+from service.config import ServerConfig
+from service.core.errors import Cancelled, InvalidStudy, NotReady, Overloaded, TooLarge
+from service.core.types import StudyResult
+from service.pipeline import RequestOptions, RequestTrace, TriagePipeline
+from service.rpc.metrics import Metrics
+from service.rpc.status import status_for, status_label
+from service.worklist.store import WorklistStore
+from triage_common.logging import get_logger
+
+log = get_logger("service.requests")
+
+_DECISIONS = {"AUTO_REPORT": triage_pb2.AUTO_REPORT, "DEFER": triage_pb2.DEFER}
+_REASONS = {
+    "P_ERROR_ABOVE_COST": triage_pb2.P_ERROR_ABOVE_COST,
+    "OUT_OF_DISTRIBUTION": triage_pb2.OUT_OF_DISTRIBUTION,
+}
+_PRIORITIES = {"ROUTINE": triage_pb2.ROUTINE, "URGENT": triage_pb2.URGENT, "STAT": triage_pb2.STAT}
+
+
+@dataclass(frozen=True)
+class Gathered:
+    """The instances of one call and its per-request fields."""
+
+    instances: list[bytes]
+    defer_cost: float | None
+    include_overlay: bool
+    calling_ae_title: str
+
+
+class Admission:
+    """Counts Triage calls in flight; beyond the limit a call is refused at once."""
+
+    def __init__(self, limit: int, on_change: Callable[[int], None] | None = None) -> None:
+        self._limit = limit
+        self._n = 0
+        self._lock = threading.Lock()
+        self._on_change = on_change
+
+    @property
+    def in_flight(self) -> int:
+        """Calls being handled now."""
+        with self._lock:
+            return self._n
+
+    @contextlib.contextmanager
+    def slot(self) -> Iterator[None]:
+        """Hold one slot for the duration of a call; raise Overloaded when none is free."""
+        with self._lock:
+            if self._n >= self._limit:
+                raise Overloaded(f"the server is handling {self._limit} calls; retry later")
+            self._n += 1
+            n = self._n
+        if self._on_change:
+            self._on_change(n)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._n -= 1
+                n = self._n
+            if self._on_change:
+                self._on_change(n)
+
+
+def gather_unary(request: triage_pb2.TriageRequest, limits: ServerConfig) -> Gathered:
+    """The instances of a unary request, checked against the count and size limits."""
+    instances = list(request.instances)
+    if not instances:
+        raise InvalidStudy("the request carries no instances")
+    if len(instances) > limits.max_instances:
+        raise TooLarge(f"{len(instances)} instances exceed the limit of {limits.max_instances}")
+    total = sum(len(b) for b in instances)
+    if total > limits.max_stream_bytes:
+        raise TooLarge(f"the study is {total} bytes, above the limit of {limits.max_stream_bytes}")
+    return Gathered(
+        instances,
+        request.defer_cost if request.HasField("defer_cost") else None,
+        request.include_overlay,
+        request.calling_ae_title,
+    )
+
+
+def _chunks(chunks: Iterable[triage_pb2.StudyChunk]) -> Iterator[triage_pb2.StudyChunk]:
+    """The chunks; a stream broken by the client (cancelled, deadline) becomes Cancelled."""
+    iterator = iter(chunks)
+    while True:
+        try:
+            chunk = next(iterator)
+        except StopIteration:
+            return
+        except grpc.RpcError:
+            raise Cancelled("the client ended the stream before it was complete") from None
+        yield chunk
+
+
+def gather_stream(chunks: Iterable[triage_pb2.StudyChunk], limits: ServerConfig) -> Gathered:
+    """Reassemble Part-10 files from chunks (grouped by ``instance``, in arrival order)."""
+    parts: dict[int, list[bytes]] = {}
+    total = 0
+    defer_cost: float | None = None
+    overlay = False
+    ae_title = ""
+    for chunk in _chunks(chunks):
+        data = chunk.data  # each read of a bytes field copies it: read it once
+        total += len(data)
+        if total > limits.max_stream_bytes:
+            raise TooLarge(f"the study stream exceeds the limit of {limits.max_stream_bytes} bytes")
+        part = parts.get(chunk.instance)
+        if part is None:
+            if len(parts) >= limits.max_instances:
+                raise TooLarge(f"the stream carries more than {limits.max_instances} instances")
+            part = parts[chunk.instance] = []
+        part.append(data)
+        if defer_cost is None and chunk.HasField("defer_cost"):
+            defer_cost = chunk.defer_cost
+        overlay = overlay or chunk.include_overlay
+        ae_title = ae_title or chunk.calling_ae_title
+    instances = [data for data in (b"".join(p) for p in parts.values()) if data]
+    if not instances:
+        raise InvalidStudy("the stream carried no instance data")
+    return Gathered(instances, defer_cost, overlay, ae_title)
+
+
+def to_proto(result: StudyResult) -> triage_pb2.TriageResult:
+    """The protobuf form of a :class:`StudyResult`."""
+    t = result.timings
+    return triage_pb2.TriageResult(
+        study_instance_uid=result.study_instance_uid,
+        decision=result.decision.name,  # protobuf takes an enum by its name
+        p_error=result.p_error,
+        defer_cost=result.defer_cost,
+        findings=[
+            triage_pb2.Finding(
+                label=f.label,
+                probability=f.probability,
+                present=f.present,
+                heatmap=triage_pb2.Heatmap(
+                    height=int(f.cam.shape[0]),
+                    width=int(f.cam.shape[1]),
+                    values=f.cam.ravel().tolist(),
+                ),
+                threshold=f.threshold,
+                p_error=f.p_error,
+                overlay_png=f.overlay_png,
+            )
+            for f in result.findings
+        ],
+        worklist=result.worklist,
+        model_version=result.model_version,
+        defer_reasons=[r.name for r in result.defer_reasons],
+        priority=result.priority.name,
+        ood_score=result.ood_score,
+        ood_threshold=result.ood_threshold,
+        sop_instance_uid=result.sop_instance_uid,
+        ignored_instances=[
+            triage_pb2.IgnoredInstance(sop_instance_uid=i.sop_instance_uid, reason=i.reason)
+            for i in result.ignored
+        ],
+        timings=triage_pb2.StageTimings(
+            decode_ms=t.decode_ms,
+            preprocess_ms=t.preprocess_ms,
+            queue_ms=t.queue_ms,
+            inference_ms=t.inference_ms,
+            total_ms=t.total_ms,
+        ),
+        policy_version=result.policy_version,
+        p_error_raw=result.p_error_raw,
+    )
+
+
+class TriageServicer(triage_pb2_grpc.TriageServicer):
+    """Implements ``triage.v1.Triage`` on top of a :class:`TriagePipeline`."""
+
+    def __init__(
+        self,
+        limits: ServerConfig,
+        metrics: Metrics,
+        pipeline: Callable[[], TriagePipeline | None],
+        store: WorklistStore | None = None,
+    ) -> None:
+        self._limits = limits
+        self._metrics = metrics
+        self._pipeline = pipeline  # None until the model is loaded and warmed up
+        self._store = store  # None: worklist off (tests and benchmarks of the triage path)
+        self.admission = Admission(limits.max_in_flight, metrics.set_in_flight)
+        self._draining = threading.Event()
+
+    def drain(self) -> None:
+        """Refuse new calls from now on (UNAVAILABLE); calls already admitted continue."""
+        self._draining.set()
+
+    def Triage(
+        self, request: triage_pb2.TriageRequest, context: grpc.ServicerContext
+    ) -> triage_pb2.TriageResult:
+        """The whole study in one message."""
+        return self._handle("Triage", context, lambda: gather_unary(request, self._limits))
+
+    def TriageStream(
+        self, request_iterator: Iterable[triage_pb2.StudyChunk], context: grpc.ServicerContext
+    ) -> triage_pb2.TriageResult:
+        """A study as a stream of Part-10 chunks."""
+        return self._handle(
+            "TriageStream", context, lambda: gather_stream(request_iterator, self._limits)
+        )
+
+    def _deadline(self, context: grpc.ServicerContext) -> float:
+        budget = self._limits.max_request_seconds
+        remaining = context.time_remaining()
+        if remaining is not None:
+            budget = min(budget, max(0.0, float(remaining)))
+        return time.monotonic() + budget
+
+    def _handle(
+        self, rpc: str, context: grpc.ServicerContext, gather: Callable[[], Gathered]
+    ) -> triage_pb2.TriageResult:
+        start = time.perf_counter()
+        trace = RequestTrace()
+        code = grpc.StatusCode.OK
+        message = ""
+        reply: triage_pb2.TriageResult | None = None
+        failure: BaseException | None = None
+        timer = threading.Timer(self._limits.max_request_seconds + 1.0, context.cancel)
+        timer.daemon = True
+        timer.start()
+        try:
+            if self._draining.is_set():
+                raise NotReady("the server is shutting down")
+            pipeline = self._pipeline()
+            if pipeline is None:
+                raise NotReady(
+                    "the model is not loaded yet; retry when the health check says SERVING"
+                )
+            with self.admission.slot():
+                deadline = self._deadline(context)
+                gathered = gather()
+                options = RequestOptions(
+                    defer_cost=gathered.defer_cost,
+                    include_overlay=gathered.include_overlay,
+                    calling_ae_title=gathered.calling_ae_title,
+                    deadline=deadline,
+                    is_active=context.is_active,
+                )
+                result = pipeline.run(gathered.instances, options, trace)
+                reply = self._commit(result, to_proto(result), trace)
+        except Exception as exc:
+            failure = exc
+            code, message = status_for(exc)
+        finally:
+            timer.cancel()
+            trace.stages_ms["total"] = (time.perf_counter() - start) * 1000.0
+            self._record(rpc, code, trace, failure)
+        if reply is None:
+            context.abort(code, message)
+            raise AssertionError("context.abort returned")  # pragma: no cover
+        return reply
+
+    def _commit(
+        self, result: StudyResult, reply: triage_pb2.TriageResult, trace: RequestTrace
+    ) -> triage_pb2.TriageResult:
+        """Store the result on its worklist before it is acknowledged; replay a stored one.
+
+        The client sees a result only after its worklist item is committed (fsync'd). The
+        same study with the same bundle returns the stored result and adds no item.
+        """
+        if self._store is None:
+            return reply
+        tick = time.perf_counter()
+        recorded = self._store.record(
+            result.study_instance_uid,
+            result.model_version,
+            result.worklist,
+            result.priority,
+            reply.SerializeToString(),
+        )
+        trace.stages_ms["commit"] = (time.perf_counter() - tick) * 1000.0
+        if recorded.created:
+            reply.worklist_item_id = recorded.item.item_id
+            return reply
+        stored = triage_pb2.TriageResult.FromString(recorded.item.result)
+        stored.worklist_item_id = recorded.item.item_id
+        stored.replayed = True
+        trace.notes = (*trace.notes, "replayed stored result")
+        return stored
+
+    def _record(
+        self,
+        rpc: str,
+        code: grpc.StatusCode,
+        trace: RequestTrace,
+        failure: BaseException | None,
+    ) -> None:
+        status = status_label(code)
+        fields: dict[str, Any] = {
+            "rpc": rpc,
+            "status": status,
+            "study": trace.study_hash or None,
+            "instances": trace.instances,
+            "bytes": trace.bytes,
+            "decision": trace.decision or None,
+            "reasons": list(trace.reasons),
+            "p_error": None if trace.p_error is None else round(trace.p_error, 6),
+            "ms": {k: round(v, 2) for k, v in trace.stages_ms.items()},
+            "batch": trace.batch_size or None,
+            "j2k_level": trace.reduce_level or None,
+            "box": trace.box if trace.box > 1 else None,
+            "ignored": trace.ignored,
+        }
+        if trace.notes:
+            fields["notes"] = list(trace.notes)
+        if failure is not None:
+            fields["error"] = type(failure).__name__
+            if code == grpc.StatusCode.INTERNAL:
+                fields["reason"] = "internal error (only the exception type is logged)"
+            else:
+                fields["reason"] = str(failure)  # our own messages: no patient data
+        log.info("triage_request", **fields)
+        self._metrics.observe_request(rpc, status, trace.decision, trace.stages_ms)

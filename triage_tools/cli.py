@@ -1,0 +1,135 @@
+"""The ``triage`` command line: one entry point, subcommands dispatched from a table.
+
+Each subcommand lives in its own module exposing ``configure(parser)`` and ``run(args) -> int``.
+Only the chosen subcommand's module is imported, so ``triage serve`` never imports torch or the
+train-time ``models`` package, and ``triage --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol, cast
+
+from triage_common.logging import configure_logging
+
+
+class CommandModule(Protocol):
+    """What a subcommand module provides."""
+
+    def configure(self, parser: argparse.ArgumentParser) -> None: ...
+
+    def run(self, args: argparse.Namespace) -> int: ...
+
+
+@dataclass(frozen=True)
+class Command:
+    """One subcommand: its words on the command line, its module, and a one-line help."""
+
+    words: tuple[str, ...]
+    module: str
+    help: str
+
+
+#: The command table (data, not code): longest matching word sequence wins.
+COMMANDS: tuple[Command, ...] = (
+    Command(
+        ("synth",), "models.apps.synth", "render a synthetic chest-radiograph dataset as DICOM"
+    ),
+    Command(
+        ("contact-sheet",), "models.apps.contact_sheet", "draw a contact sheet PNG of a dataset"
+    ),
+    Command(
+        ("train", "classifier"), "models.apps.train_classifier", "train the DenseNet classifier"
+    ),
+    Command(
+        ("train", "error-model"), "models.apps.train_error_model", "train the Grad-CAM error model"
+    ),
+    Command(("bench", "synth"), "models.apps.bench_synth", "phantom rendering speed (studies/s)"),
+    Command(("export", "onnx"), "export.apps.onnx", "export the runs as an ONNX model bundle"),
+    Command(("export", "tensorrt"), "export.apps.tensorrt", "build TensorRT engines from a bundle"),
+    Command(("export", "triton"), "export.apps.triton", "write a Triton model repository"),
+    Command(
+        ("bench", "model"),
+        "export.apps.bench_model",
+        "bundle vs plain ONNX vs eager Grad-CAM speed",
+    ),
+    Command(
+        ("demo",), "triage_tools.apps.demo", "the whole system end to end on the embedded defaults"
+    ),
+    Command(
+        ("calibrate",),
+        "triage_tools.apps.calibrate",
+        "choose the defer cost on labelled data and write the policy file",
+    ),
+    Command(
+        ("evaluate",),
+        "triage_tools.apps.evaluate",
+        "measure the defer policy against the baselines, per site",
+    ),
+    Command(("serve",), "service.apps.serve", "run the gRPC triage service"),
+    Command(("submit",), "triage_tools.apps.submit", "send DICOM studies to a triage server"),
+    Command(
+        ("bench", "serve"),
+        "triage_tools.apps.bench_serve",
+        "end-to-end gRPC throughput and latency",
+    ),
+    Command(
+        ("health",), "triage_tools.apps.health", "check a server's gRPC health (exit 0: SERVING)"
+    ),
+    Command(
+        ("worklist",), "triage_tools.apps.worklist", "list, claim, release, complete, export items"
+    ),
+    Command(
+        ("bench", "durability"), "triage_tools.apps.bench_durability", "SIGKILL the server, audit"
+    ),
+)
+
+
+def _usage() -> str:
+    width = max(len(" ".join(c.words)) for c in COMMANDS)
+    lines = ["usage: triage COMMAND [ARGS...]", "", "commands:"]
+    lines += [f"  {' '.join(c.words):<{width}}  {c.help}" for c in COMMANDS]
+    lines += ["", "`triage COMMAND --help` describes a command."]
+    return "\n".join(lines)
+
+
+def _match(argv: Sequence[str]) -> tuple[Command, list[str]] | None:
+    best: Command | None = None
+    for command in COMMANDS:
+        n = len(command.words)
+        if tuple(argv[:n]) == command.words and (best is None or n > len(best.words)):
+            best = command
+    if best is None:
+        return None
+    return best, list(argv[len(best.words) :])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``triage`` command line; returns the process exit status."""
+    args_in = list(sys.argv[1:] if argv is None else argv)
+    log_level = "INFO"
+    if len(args_in) >= 2 and args_in[0] == "--log-level":
+        log_level, args_in = args_in[1], args_in[2:]
+    if not args_in or args_in[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0 if args_in else 2
+    found = _match(args_in)
+    if found is None:
+        print(f"triage: unknown command {' '.join(args_in[:2])!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    command, rest = found
+    configure_logging(log_level)
+    module = cast(CommandModule, importlib.import_module(command.module))
+    parser = argparse.ArgumentParser(
+        prog="triage " + " ".join(command.words), description=command.help
+    )
+    module.configure(parser)
+    return int(module.run(parser.parse_args(rest)))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
