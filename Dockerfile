@@ -9,14 +9,13 @@
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 ARG CUDA_IMAGE=nvidia/cuda:12.4.1-cudnn-runtime-ubuntu22.04
 
-# --- build: a wheel of the project (serving dependencies only; no train/dev extras) -----------
+# --- build: a wheel of the serving packages only (service/, triage_common/; no tools, models or
+# export, no extras: neither torch nor matplotlib nor rich) ----------------------------------
 FROM ${PYTHON_IMAGE} AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY triage_common ./triage_common
 COPY service ./service
-COPY models ./models
-COPY export ./export
 RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 
 # --- runtime (CPU) ----------------------------------------------------------------------------
@@ -41,8 +40,8 @@ USER triage
 WORKDIR /home/triage
 EXPOSE 50051
 HEALTHCHECK --interval=15s --timeout=5s --start-period=90s --retries=3 \
-    CMD ["triage", "health", "--server", "127.0.0.1:50051", "--service", "readiness"]
-ENTRYPOINT ["triage", "serve"]
+    CMD ["triage-probe", "--server", "127.0.0.1:50051", "--service", "readiness"]
+ENTRYPOINT ["triage-serve"]
 
 # --- gpu: CUDA runtime base; onnxruntime-gpu's CUDA and TensorRT providers load here --------
 FROM ${CUDA_IMAGE} AS gpu
@@ -70,5 +69,5 @@ USER triage
 WORKDIR /home/triage
 EXPOSE 50051
 HEALTHCHECK --interval=15s --timeout=5s --start-period=600s --retries=3 \
-    CMD ["triage", "health", "--server", "127.0.0.1:50051", "--service", "readiness"]
-ENTRYPOINT ["triage", "serve"]
+    CMD ["triage-probe", "--server", "127.0.0.1:50051", "--service", "readiness"]
+ENTRYPOINT ["triage-serve"]

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from triage_common.atomic import atomic_write_text
 from triage_common.bundle_format import BUNDLE_FORMAT, MANIFEST, compute_bundle_id, sha256_file
 
 #: The keys every manifest has, in the order they are written.
@@ -93,16 +94,7 @@ def finalise_manifest(body: dict[str, Any], bundle: Path, files: Iterable[str]) 
 def write_manifest(bundle: Path, manifest: dict[str, Any]) -> Path:
     """Write ``manifest.json`` atomically into ``bundle``; returns its path."""
     path = bundle / MANIFEST
-    tmp = bundle / f".{MANIFEST}.{os.getpid()}.tmp"
-    data = json.dumps(manifest, indent=2, allow_nan=False) + "\n"
-    try:
-        with tmp.open("w", encoding="utf-8") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write_text(path, json.dumps(manifest, indent=2, allow_nan=False) + "\n")
     return path
 
 

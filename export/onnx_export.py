@@ -8,7 +8,6 @@ default, about ten times slower). Both give the same graph interface: input ``im
 
 from __future__ import annotations
 
-import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,6 +16,8 @@ from typing import Literal
 import onnx
 import torch
 from torch import nn
+
+from triage_common.atomic import atomic_path
 
 Exporter = Literal["torchscript", "dynamo"]
 EXPORTERS: tuple[Exporter, ...] = ("torchscript", "dynamo")
@@ -134,15 +135,11 @@ def export_onnx(
         raise ExportError(f"opset {opset} is too old; use {MIN_OPSET} or later")
     module.eval()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     example = torch.zeros(2, *input_shape)
-    try:
+    with atomic_path(path) as tmp:
         try:
             _export(module, example, tmp, input_name, output_names, opset, exporter)
         except Exception as exc:
             raise ExportError(f"{exporter} export to ONNX (opset {opset}) failed: {exc}") from exc
         model = check_onnx(tmp, input_name, output_names)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return model

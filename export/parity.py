@@ -127,7 +127,7 @@ def dataset_inputs(
     path = Path(str(data.get("path", "")))
     if not data.get("path") or not path.exists():
         return None
-    from models.datasets import load_dataset
+    from triage_common.datasets import load_dataset
 
     try:
         table = load_dataset(path, labels)

@@ -15,13 +15,13 @@ from __future__ import annotations
 import ctypes
 import importlib
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from export.manifest import file_entries, utc_now
+from triage_common.atomic import atomic_write_bytes
 from triage_common.bundle_format import read_manifest
 
 PRECISIONS = ("fp16", "fp32")
@@ -170,9 +170,7 @@ def build_engines(
         )
         name = f"triage_{precision}.plan"
         data = build_engine(trt, onnx_path, spec)
-        tmp = out / f".{name}.{os.getpid()}.tmp"
-        tmp.write_bytes(data)
-        tmp.replace(out / name)
+        atomic_write_bytes(out / name, data)
         engines[precision] = {
             "file": name,
             "profile": spec.profile(),

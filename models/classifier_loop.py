@@ -13,7 +13,6 @@ import numpy.typing as npt
 import torch
 from torch import Tensor
 
-from models.datasets import ImageTable, load_dataset, preprocessed_images
 from models.densenet import DenseNet, config_by_name
 from models.runs import CLASSIFIER_FORMAT, make_split, read_split, split_indices, write_split
 from models.splits import SplitFractions
@@ -27,6 +26,7 @@ from models.training import (
 )
 from models.weights import load_weights
 from triage_common.console import print_table, track, write_json
+from triage_common.datasets import ImageTable, load_dataset, preprocessed_images
 from triage_common.logging import get_logger
 from triage_common.metrics import auroc, macro_auroc, youden_threshold
 from triage_common.preprocess import PreprocessSpec

@@ -12,22 +12,22 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from models.datasets import ImageTable, load_dataset, preprocessed_images
 from models.error_model import ErrorModel, ErrorModelConfig
 from models.ood import MahalanobisOOD, fit_gaussian
 from models.runs import ClassifierRun, load_classifier_run, read_split, split_indices
 from models.training import batches, classifier_outputs, masked_bce, seed_everything
 from triage_common.bundle_format import sha256_file
 from triage_common.console import print_table, track, write_json
-from triage_common.logging import get_logger
-from triage_common.metrics import (
-    auroc,
-    average_precision,
-    label_errors,
-    study_errors,
-    top_fraction_iou,
+from triage_common.datasets import ImageTable, load_dataset, preprocessed_images
+from triage_common.evaluation import (
+    cam_iou_matrix,
+    classifier_aurocs,
+    error_detection,
+    mean_iou,
+    study_error_rate,
 )
-from triage_common.preprocess import resize
+from triage_common.logging import get_logger
+from triage_common.metrics import auroc, label_errors, study_errors
 from triage_common.scores import entropy_score, softmax_response_score
 
 log = get_logger(__name__)
@@ -144,23 +144,12 @@ def fit_error_model(
 
 def cam_iou(table: ImageTable, cams: F32, label_names: tuple[str, ...]) -> dict[str, float]:
     """Mean top-p% IoU of each finding's CAM against its phantom mask (present findings only)."""
-    values: dict[str, list[float]] = {n: [] for n in label_names}
-    if table.truth is None:
+    if table.true_labels is None:
         return {}
-    for i, sop in enumerate(table.sop_uids):
-        mask_path = table.root / "masks" / f"{sop}.npz"
-        if not sop or not mask_path.exists():
-            continue
-        with np.load(mask_path) as masks:
-            for j, name in enumerate(label_names):
-                if table.truth[i, j] != 1 or name not in masks:
-                    continue
-                mask = masks[name]
-                if mask.ndim != 2 or mask.shape[0] != mask.shape[1] or not mask.any():
-                    continue
-                heat = resize(cams[i, j].astype(np.float32), mask.shape[0])
-                values[name].append(top_fraction_iou(heat, mask))
-    return {n: float(np.mean(v)) for n, v in values.items() if v}
+    iou = cam_iou_matrix(
+        cams, label_names, table.sop_uids, table.root / "masks", present=table.true_labels == 1
+    )
+    return mean_iou(iou, label_names)
 
 
 def _group_metrics(
@@ -173,18 +162,14 @@ def _group_metrics(
     label_names: tuple[str, ...],
 ) -> dict[str, Any]:
     err = out.errors(thresholds)[:, 0]
-    per_label = {n: auroc(out.labels[:, j], out.probs[:, j]) for j, n in enumerate(label_names)}
-    finite = [v for v in per_label.values() if not np.isnan(v)]
+    per_label, macro = classifier_aurocs(out.labels, out.probs, label_names)
     return {
         "group": name,
         "images": len(err),
-        "macro_auroc": float(np.mean(finite)) if finite else float("nan"),
+        "macro_auroc": macro,
         "auroc": per_label,
-        "study_error_rate": float(err.mean()) if len(err) else float("nan"),
-        "error_detection": {
-            method: {"auroc": auroc(err, s), "aupr_error": average_precision(err, s)}
-            for method, s in scores.items()
-        },
+        "study_error_rate": study_error_rate(err),
+        "error_detection": {method: error_detection(s, err) for method, s in scores.items()},
         "ood_flag_rate": float((ood > ood_threshold).mean()) if len(ood) else float("nan"),
     }
 

@@ -11,10 +11,10 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from models.datasets import ImageTable
 from models.densenet import DenseNet, DenseNetConfig
 from models.splits import PARTS, SplitFractions, assign_patients
 from triage_common.console import write_json
+from triage_common.datasets import ImageTable
 from triage_common.preprocess import PreprocessSpec
 
 CLASSIFIER_FORMAT = "cxr-triage/classifier/1"

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.densenet import DenseNet
+from triage_common.atomic import atomic_path
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -97,10 +98,9 @@ def classifier_outputs(
 
 
 def save_atomic(obj: Any, path: Path) -> None:
-    """torch.save to a temporary file then rename, so a crash never leaves half a checkpoint."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)
+    """torch.save to a temporary file, fsync, rename: a crash never leaves half a checkpoint."""
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -1,6 +1,6 @@
 """Service configuration: a dataclass tree read from TOML, environment variables and CLI flags.
 
-Precedence: command-line flags > environment variables > the TOML file > the defaults below.
+Precedence: command-line flags > environment variables > the TOML file > the defaults.
 Everything is validated at start-up; an error names the key and where its value came from
 (``server.port = -1 (from env TRIAGE_SERVER__PORT): must be between 0 and 65535``).
 
@@ -22,142 +22,23 @@ An unknown ``TRIAGE_*__*`` variable is an error (it is most likely a typo).
 Command-line flags: ``--bundle``, ``--port``, ``--host``, ``--metrics-port``, ``--log-level``,
 and ``--set SECTION.KEY=VALUE`` (repeatable) for any key.
 
-Keys (default in brackets):
-
-``bundle`` [required]
-    Model bundle folder (``manifest.json`` + ``triage.onnx``); verified by sha256 at start-up.
-
-``server.host`` ["127.0.0.1"]
-    Address to bind. Loopback by default; binding elsewhere without TLS logs a warning.
-``server.port`` [50051]
-    TCP port; 0 picks a free port (tests).
-``server.max_message_bytes`` [67108864]
-    Largest single gRPC message accepted (a unary study, or one chunk).
-``server.max_stream_bytes`` [536870912]
-    Largest total of all instances of one study (unary or streamed).
-``server.max_instances`` [64]
-    Most DICOM instances in one study.
-``server.max_in_flight`` [64]
-    Triage calls handled at once; the next one gets RESOURCE_EXHAUSTED.
-``server.max_request_seconds`` [120.0]
-    Deadline applied when the client sets none (or a longer one).
-``server.shutdown_grace_seconds`` [30.0]
-    On SIGTERM: time given to in-flight calls before they are cancelled.
-``server.reflection`` [true]
-    Serve gRPC server reflection.
-
-``decode.max_pixels`` [100000000]
-    Largest Rows x Columns x SamplesPerPixel x NumberOfFrames of an instance, checked from the
-    header before any pixel buffer is allocated.
-``decode.reduce`` [true]
-    Read images at reduced resolution when the model input allows it: JPEG 2000 at a lower
-    wavelet resolution level (most of the codestream is never decoded), other encodings by
-    averaging k x k blocks of stored values right after decoding. Off: every image is mapped
-    to display values at full resolution (bit-identical results across lossless encodings).
-``decode.reduce_min_scale`` [2.0]
-    The reduced image keeps at least this multiple of the model input size on its short side.
-
-``eligibility.modalities`` [["CR", "DX"]]
-    Accepted Modality values.
-``eligibility.body_parts`` [["CHEST"]]
-    Accepted BodyPartExamined values.
-``eligibility.allow_missing_body_part`` [true]
-    Accept images without BodyPartExamined (logged).
-``eligibility.frontal_views`` [["PA", "AP"]]
-    ViewPosition values that are frontal views, in order of preference.
-``eligibility.allow_missing_view`` [true]
-    Accept an image without ViewPosition as a frontal view (ranked after the listed views).
-
-``inference.providers`` [["TensorRT", "CUDA", "CPU"]]
-    ONNX Runtime execution providers in order of preference; only those that load are used.
-``inference.max_batch`` [8]
-    Largest micro-batch.
-``inference.max_wait_ms`` [5.0]
-    How long the batcher waits for more requests after the first one of a batch.
-``inference.queue_capacity`` [64]
-    Images waiting for the batcher; beyond it a request gets RESOURCE_EXHAUSTED.
-``inference.streams`` [0]
-    Batches that run at the same time, each in its own thread on the one ONNX Runtime session
-    (0: automatic, 1 on a GPU provider and ``min(4, cores)`` on the CPU). On a CPU, several
-    single-threaded batches keep every core busy while decoding takes one away, where one
-    batch spread over all cores waits for its slowest part: on 2 cores, 2 streams of 1 thread
-    served uncompressed RG1 studies at concurrency 8 about 1.2 times faster than 1 stream of 2
-    threads (15.3 against 12.9 studies/s), at the price of a lone request's latency (p50 116
-    against 91 ms at concurrency 1). Set 1 where single-study latency matters more.
-``inference.intra_op_threads`` [0]
-    ONNX Runtime intra-op threads per stream (0: automatic, ``cores // streams`` on the CPU,
-    ONNX Runtime's default on a GPU provider).
-``inference.warmup_runs`` [2]
-    Batches run at start-up before the service reports SERVING.
-``inference.trt_engine_cache`` [""]
-    Folder where ONNX Runtime's TensorRT provider keeps the engines it builds (the first start
-    on a new GPU builds them, which takes minutes for DenseNet-121); empty: no cache.
-``inference.trt_fp16`` [true]
-    Let the TensorRT provider use FP16 kernels.
-
-``policy.defer_cost`` [unset: the bundle's default]
-    Defer cost when the request sets none.
-``policy.min_defer_cost`` / ``policy.max_defer_cost`` [0.0 / 1.0]
-    Bounds of a per-request override (outside: INVALID_ARGUMENT).
-``policy.file`` [""]
-    Calibrated policy file (``triage calibrate``); loaded at start-up, reloaded on SIGHUP.
-
-``security.tls_cert`` / ``security.tls_key`` [""]
-    PEM server certificate chain and key; both set turns TLS on.
-``security.tls_client_ca`` [""]
-    PEM CA bundle; set (with TLS) it requires and verifies client certificates (mutual TLS).
-``security.tokens`` [[]]
-    Accepted bearer tokens (``authorization: Bearer <token>`` metadata).
-``security.tokens_file`` [""]
-    File with one accepted token per line (added to ``security.tokens``).
-``security.auth_health`` [false]
-    Require the token for ``grpc.health.v1`` too (off: orchestrator probes stay open).
-
-``metrics.port`` [0]
-    Prometheus endpoint port; 0 turns metrics off.
-``metrics.host`` ["127.0.0.1"]
-    Prometheus endpoint address.
-
-``worklist.path`` ["worklist.db"]
-    SQLite file of the worklist (WAL, synchronous FULL); a result is acknowledged to the client
-    only after it is committed there. The same study sent again with the same bundle returns
-    the stored result (``replayed``) and adds no item. An empty path turns the worklist off
-    (results are neither stored nor idempotent: for benchmarks and tests of the triage path
-    only; a warning is logged at start-up).
-``worklist.lease_seconds`` [900.0]
-    Default lease of a Claim; an expired lease returns the item to QUEUED.
-
-``routing.rules`` [the shipped defaults]
-    Ordered routing rules, first match wins, as a TOML array of tables (``[[routing.rules]]``);
-    file only. Keys of a rule: ``name``, ``worklist`` (required), ``priority`` (STAT, URGENT,
-    ROUTINE), and the conditions ``decision`` (AUTO_REPORT or DEFER), ``defer_reasons_any``,
-    ``findings_any``, ``has_findings``, ``min_probability`` (label -> probability), ``sites``
-    (InstitutionName), ``calling_ae_titles``, ``modalities``. The last rule must have no
-    condition (the default). Shipped defaults: Pneumothorax present -> radiologist STAT;
-    deferred -> radiologist ROUTINE; auto-reported with findings -> radiologist-confirm ROUTINE;
-    auto-reported normal -> ai-normal ROUTINE.
-``routing.critical_findings`` [["Pneumothorax"]]
-    Findings whose predicted presence raises the priority to ``routing.critical_priority``
-    whatever rule matched (triage may raise a priority, never lower one).
-``routing.critical_priority`` ["STAT"]
-    The priority floor of a critical finding.
-
-``logging.level`` ["INFO"]
-    Log level.
-``logging.json`` [true]
-    JSON log lines (false: human-readable console output).
+Each key is declared once, with its default, its checks and its documentation, by
+:func:`knob` beside its dataclass field; :func:`validate` applies those checks plus the few
+rules that span fields, and :func:`reference_markdown` renders the key table of the README
+(``python -m triage_tools.config_table`` rewrites it there).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import json
 import math
 import os
 import tomllib
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -171,76 +52,325 @@ class ConfigError(ValueError):
     """The configuration is invalid; the message lists every problem with its key and source."""
 
 
+# ---------------------------------------------------------------------------------------------
+# Keys: a default, checks and a doc beside each field
+
+Check = Callable[[Any], str | None]
+"""A field check: the reason a value is refused, or None when it is fine."""
+
+_KNOB = "triage.knob"
+
+
+@dataclass(frozen=True)
+class Knob:
+    """What :func:`knob` attaches to a field: its doc, its checks and how its default reads."""
+
+    doc: str
+    checks: tuple[Check, ...] = ()
+    shown: str | None = None
+    secret: bool = False
+
+
+def knob(
+    default: Any, doc: str, *checks: Check, shown: str | None = None, secret: bool = False
+) -> Any:
+    """A dataclass field with ``default``, documented by ``doc`` and validated by ``checks``.
+
+    ``shown`` replaces the rendered default in the reference table (``"required"``); a
+    ``secret`` value is reported as ``<redacted>`` in validation problems.
+    """
+    info = Knob(doc=doc, checks=checks, shown=shown, secret=secret)
+    return field(default=default, metadata={_KNOB: info})
+
+
+def between(low: float, high: float, hint: str = "") -> Check:
+    """Refuse a value outside ``[low, high]``."""
+    suffix = f" ({hint})" if hint else ""
+
+    def check(value: Any) -> str | None:
+        return None if low <= value <= high else f"must be between {low} and {high}{suffix}"
+
+    return check
+
+
+def at_least(low: float) -> Check:
+    """Refuse a value below ``low``."""
+
+    def check(value: Any) -> str | None:
+        return None if value >= low else f"must be >= {low}"
+
+    return check
+
+
+def above(low: float) -> Check:
+    """Refuse a value not strictly above ``low``."""
+
+    def check(value: Any) -> str | None:
+        return None if value > low else f"must be > {low}"
+
+    return check
+
+
+def listed(what: str) -> Check:
+    """Refuse an empty list (``what`` names one item: ``"modality"``)."""
+
+    def check(value: Any) -> str | None:
+        return None if value else f"must list at least one {what}"
+
+    return check
+
+
+def subset_of(allowed: Sequence[str], what: str) -> Check:
+    """Refuse a list with an item outside ``allowed``."""
+
+    def check(value: Any) -> str | None:
+        unknown = [x for x in value if x not in allowed]
+        return f"unknown {what}(s) {unknown}; use {list(allowed)}" if unknown else None
+
+    return check
+
+
+def one_of(choices: Sequence[str], *, fold_case: bool = False) -> Check:
+    """Refuse a value outside ``choices`` (upper-cased first when ``fold_case``)."""
+
+    def check(value: Any) -> str | None:
+        text = value.upper() if fold_case else value
+        return None if text in choices else f"must be one of {list(choices)}"
+
+    return check
+
+
+def required(reason: str) -> Check:
+    """Refuse an empty value with ``reason``."""
+
+    def check(value: Any) -> str | None:
+        return None if value else reason
+
+    return check
+
+
+non_empty: Check = required("must not be empty")
+
+
+def probability(value: Any) -> str | None:
+    """Refuse a number outside [0, 1] (None, an unset optional, passes)."""
+    if value is None or (math.isfinite(value) and 0.0 <= value <= 1.0):
+        return None
+    return "must be between 0 and 1"
+
+
+def file_exists(value: Any) -> str | None:
+    """Refuse a path that names no file (empty, unset, passes)."""
+    return None if not value or Path(value).is_file() else "file does not exist"
+
+
+def clean_tokens(value: Any) -> str | None:
+    """Refuse an empty token or one with surrounding spaces."""
+    ok = all(t.strip() == t and t for t in value)
+    return None if ok else "tokens must be non-empty without spaces"
+
+
+# ---------------------------------------------------------------------------------------------
+# Sections
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     """gRPC listener and request limits."""
 
-    host: str = "127.0.0.1"
-    port: int = 50051
-    max_message_bytes: int = 64 * 1024 * 1024
-    max_stream_bytes: int = 512 * 1024 * 1024
-    max_instances: int = 64
-    max_in_flight: int = 64
-    max_request_seconds: float = 120.0
-    shutdown_grace_seconds: float = 30.0
-    reflection: bool = True
+    host: str = knob(
+        "127.0.0.1",
+        "Address to bind. Loopback by default; binding elsewhere without TLS logs a warning.",
+        non_empty,
+    )
+    port: int = knob(50051, "TCP port; 0 picks a free port (tests).", between(0, 65535))
+    max_message_bytes: int = knob(
+        64 * 1024 * 1024,
+        "Largest single gRPC message accepted (a unary study, or one chunk).",
+        at_least(1024),
+        shown="`67108864` (64 MiB)",
+    )
+    max_stream_bytes: int = knob(
+        512 * 1024 * 1024,
+        "Largest total of all instances of one study (unary or streamed).",
+        at_least(1024),
+        shown="`536870912` (512 MiB)",
+    )
+    max_instances: int = knob(64, "Most DICOM instances in one study.", at_least(1))
+    max_in_flight: int = knob(
+        64,
+        "Triage calls handled at once; the next one gets RESOURCE_EXHAUSTED.",
+        at_least(1),
+    )
+    max_request_seconds: float = knob(
+        120.0, "Deadline applied when the client sets none (or a longer one).", above(0)
+    )
+    shutdown_grace_seconds: float = knob(
+        30.0,
+        "On SIGTERM: time given to in-flight calls before they are cancelled.",
+        at_least(0),
+    )
+    reflection: bool = knob(True, "Serve gRPC server reflection.")
 
 
 @dataclass(frozen=True)
 class DecodeConfig:
     """DICOM decoding limits and reduced-resolution reading."""
 
-    max_pixels: int = 100_000_000
-    reduce: bool = True
-    reduce_min_scale: float = 2.0
+    max_pixels: int = knob(
+        100_000_000,
+        "Largest Rows x Columns x SamplesPerPixel x NumberOfFrames of an instance, checked from "
+        "the header before any pixel buffer is allocated.",
+        at_least(1),
+    )
+    reduce: bool = knob(
+        True,
+        "Read images at reduced resolution when the model input allows it: JPEG 2000 at a lower "
+        "wavelet resolution level (most of the codestream is never decoded), other encodings by "
+        "averaging k x k blocks of stored values right after decoding. Off: every image is "
+        "mapped to display values at full resolution (bit-identical results across lossless "
+        "encodings).",
+    )
+    reduce_min_scale: float = knob(
+        2.0,
+        "The reduced image keeps at least this multiple of the model input size on its short side.",
+        at_least(1.0),
+    )
 
 
 @dataclass(frozen=True)
 class EligibilityConfig:
     """Which images of a study may be read."""
 
-    modalities: tuple[str, ...] = ("CR", "DX")
-    body_parts: tuple[str, ...] = ("CHEST",)
-    allow_missing_body_part: bool = True
-    frontal_views: tuple[str, ...] = ("PA", "AP")
-    allow_missing_view: bool = True
+    modalities: tuple[str, ...] = knob(
+        ("CR", "DX"), "Accepted Modality values.", listed("modality")
+    )
+    body_parts: tuple[str, ...] = knob(
+        ("CHEST",), "Accepted BodyPartExamined values.", listed("body part")
+    )
+    allow_missing_body_part: bool = knob(True, "Accept images without BodyPartExamined (logged).")
+    frontal_views: tuple[str, ...] = knob(
+        ("PA", "AP"),
+        "ViewPosition values that are frontal views, in order of preference.",
+        listed("view"),
+    )
+    allow_missing_view: bool = knob(
+        True,
+        "Accept an image without ViewPosition as a frontal view (ranked after the listed views).",
+    )
 
 
 @dataclass(frozen=True)
 class InferenceConfig:
     """ONNX Runtime providers and micro-batching."""
 
-    providers: tuple[str, ...] = KNOWN_PROVIDERS
-    max_batch: int = 8
-    max_wait_ms: float = 5.0
-    queue_capacity: int = 64
-    streams: int = 0
-    intra_op_threads: int = 0
-    warmup_runs: int = 2
-    trt_engine_cache: str = ""
-    trt_fp16: bool = True
+    providers: tuple[str, ...] = knob(
+        KNOWN_PROVIDERS,
+        "ONNX Runtime execution providers in order of preference; only those that load are used.",
+        subset_of(KNOWN_PROVIDERS, "provider"),
+        listed("provider"),
+    )
+    max_batch: int = knob(8, "Largest micro-batch.", between(1, 1024))
+    max_wait_ms: float = knob(
+        5.0,
+        "How long the batcher waits for more requests after the first one of a batch.",
+        between(0, 1000),
+    )
+    queue_capacity: int = knob(
+        64,
+        "Images waiting for the batcher; beyond it a request gets RESOURCE_EXHAUSTED.",
+        at_least(1),
+    )
+    streams: int = knob(
+        0,
+        "Batches that run at the same time, each in its own thread on the one ONNX Runtime "
+        "session (0: automatic, 1 on a GPU provider and `min(4, cores)` on the CPU). On a CPU, "
+        "several single-threaded batches keep every core busy while decoding takes one away, "
+        "where one batch spread over all cores waits for its slowest part: on 2 cores, "
+        "2 streams of 1 thread served uncompressed RG1 studies at concurrency 8 about 1.2 times "
+        "faster than 1 stream of 2 threads (15.3 against 12.9 studies/s), at the price of a lone "
+        "request's latency (p50 116 against 91 ms at concurrency 1). Set 1 where single-study "
+        "latency matters more.",
+        between(0, 64),
+    )
+    intra_op_threads: int = knob(
+        0,
+        "ONNX Runtime intra-op threads per stream (0: automatic, `cores // streams` on the CPU, "
+        "ONNX Runtime's default on a GPU provider).",
+        at_least(0),
+    )
+    warmup_runs: int = knob(
+        2, "Batches run at start-up before the service reports SERVING.", at_least(0)
+    )
+    trt_engine_cache: str = knob(
+        "",
+        "Folder where ONNX Runtime's TensorRT provider keeps the engines it builds (the first "
+        "start on a new GPU builds them, which takes minutes for DenseNet-121); empty: no cache.",
+    )
+    trt_fp16: bool = knob(True, "Let the TensorRT provider use FP16 kernels.")
 
 
 @dataclass(frozen=True)
 class PolicyConfig:
     """Defer cost default and the bounds of a per-request override."""
 
-    defer_cost: float | None = None
-    min_defer_cost: float = 0.0
-    max_defer_cost: float = 1.0
-    file: str = ""
+    defer_cost: float | None = knob(
+        None,
+        "Defer cost when the request sets none; within "
+        "[`policy.min_defer_cost`, `policy.max_defer_cost`].",
+        probability,
+        shown="unset: the bundle's default",
+    )
+    min_defer_cost: float = knob(
+        0.0,
+        "Lower bound of a per-request override (outside: INVALID_ARGUMENT).",
+        probability,
+    )
+    max_defer_cost: float = knob(
+        1.0,
+        "Upper bound of a per-request override (outside: INVALID_ARGUMENT).",
+        probability,
+    )
+    file: str = knob(
+        "",
+        "Calibrated policy file (`triage calibrate`); loaded at start-up, reloaded on SIGHUP.",
+    )
 
 
 @dataclass(frozen=True)
 class SecurityConfig:
     """TLS, mutual TLS and bearer tokens (all off by default)."""
 
-    tls_cert: str = ""
-    tls_key: str = ""
-    tls_client_ca: str = ""
-    tokens: tuple[str, ...] = ()
-    tokens_file: str = ""
-    auth_health: bool = False
+    tls_cert: str = knob(
+        "",
+        "PEM server certificate chain; set with `security.tls_key` it turns TLS on.",
+        file_exists,
+    )
+    tls_key: str = knob(
+        "",
+        "PEM key of `security.tls_cert`; both set turns TLS on.",
+        file_exists,
+    )
+    tls_client_ca: str = knob(
+        "",
+        "PEM CA bundle; set (with TLS) it requires and verifies client certificates (mutual TLS).",
+        file_exists,
+    )
+    tokens: tuple[str, ...] = knob(
+        (),
+        "Accepted bearer tokens (`authorization: Bearer <token>` metadata).",
+        clean_tokens,
+        secret=True,
+    )
+    tokens_file: str = knob(
+        "",
+        "File with one accepted token per line (added to `security.tokens`).",
+        file_exists,
+    )
+    auth_health: bool = knob(
+        False,
+        "Require the token for `grpc.health.v1` too (off: orchestrator probes stay open).",
+    )
 
     @property
     def tls(self) -> bool:
@@ -262,25 +392,51 @@ class SecurityConfig:
 class MetricsConfig:
     """Prometheus endpoint (off when ``port`` is 0)."""
 
-    port: int = 0
-    host: str = "127.0.0.1"
+    port: int = knob(
+        0, "Prometheus endpoint port; 0 turns metrics off.", between(0, 65535, "0: off")
+    )
+    host: str = knob("127.0.0.1", "Prometheus endpoint address.")
 
 
 @dataclass(frozen=True)
 class WorklistConfig:
     """The durable worklist store."""
 
-    path: str = "worklist.db"
-    lease_seconds: float = 900.0
+    path: str = knob(
+        "worklist.db",
+        "SQLite file of the worklist (WAL, synchronous FULL); a result is acknowledged to the "
+        "client only after it is committed there. The same study sent again with the same "
+        "bundle returns the stored result (`replayed`) and adds no item. An empty path turns "
+        "the worklist off (results are neither stored nor idempotent: for benchmarks and tests "
+        "of the triage path only; a warning is logged at start-up).",
+    )
+    lease_seconds: float = knob(
+        900.0, "Default lease of a Claim; an expired lease returns the item to QUEUED.", above(0)
+    )
 
 
 @dataclass(frozen=True)
 class RoutingConfig:
     """Routing rules (empty ``rules``: the shipped defaults) and critical-finding floors."""
 
-    rules: tuple[dict[str, Any], ...] = ()
-    critical_findings: tuple[str, ...] = ("Pneumothorax",)
-    critical_priority: str = "STAT"
+    rules: tuple[dict[str, Any], ...] = knob(
+        (),
+        "Ordered routing rules, first match wins, as a TOML array of tables "
+        "(`[[routing.rules]]`); file only. Keys of a rule: `name`, `worklist` (required), "
+        "`priority` (STAT, URGENT, ROUTINE), and the conditions `decision` (AUTO_REPORT or "
+        "DEFER), `defer_reasons_any`, `findings_any`, `has_findings`, `min_probability` "
+        "(label -> probability), `sites` (InstitutionName), `calling_ae_titles`, `modalities`. "
+        "The last rule must have no condition (the default). Shipped defaults: Pneumothorax "
+        "present -> radiologist STAT; deferred -> radiologist ROUTINE; auto-reported with "
+        "findings -> radiologist-confirm ROUTINE; auto-reported normal -> ai-normal ROUTINE.",
+        shown="the shipped defaults",
+    )
+    critical_findings: tuple[str, ...] = knob(
+        ("Pneumothorax",),
+        "Findings whose predicted presence raises the priority to `routing.critical_priority` "
+        "whatever rule matched (triage may raise a priority, never lower one).",
+    )
+    critical_priority: str = knob("STAT", "The priority floor of a critical finding.")
 
     def table_data(self) -> dict[str, Any]:
         """The ``[routing]`` table in the form :func:`parse_routing` reads."""
@@ -297,15 +453,20 @@ class RoutingConfig:
 class LoggingConfig:
     """Log level and format."""
 
-    level: str = "INFO"
-    json: bool = True
+    level: str = knob("INFO", "Log level.", one_of(LOG_LEVELS, fold_case=True))
+    json: bool = knob(True, "JSON log lines (false: human-readable console output).")
 
 
 @dataclass(frozen=True)
 class ServiceConfig:
     """The whole configuration of ``triage serve``."""
 
-    bundle: str = ""
+    bundle: str = knob(
+        "",
+        "Model bundle folder (`manifest.json` + `triage.onnx`); verified by sha256 at start-up.",
+        required("a model bundle folder is required"),
+        shown="required",
+    )
     server: ServerConfig = field(default_factory=ServerConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     eligibility: EligibilityConfig = field(default_factory=EligibilityConfig)
@@ -324,7 +485,8 @@ class ServiceConfig:
 
 def _sections() -> dict[str, type]:
     hints = typing.get_type_hints(ServiceConfig)
-    return {f.name: hints[f.name] for f in dataclasses.fields(ServiceConfig) if f.name != "bundle"}
+    fields = dataclasses.fields(ServiceConfig)
+    return {f.name: hints[f.name] for f in fields if _KNOB not in f.metadata}
 
 
 def _field_types(cls: type) -> dict[str, Any]:
@@ -334,7 +496,9 @@ def _field_types(cls: type) -> dict[str, Any]:
 
 def key_types() -> dict[str, Any]:
     """Every dotted key (``server.port``) with its Python type."""
-    out: dict[str, Any] = {"bundle": str}
+    hints = typing.get_type_hints(ServiceConfig)
+    sections = _sections()
+    out: dict[str, Any] = {n: tp for n, tp in hints.items() if n not in sections}
     for section, cls in _sections().items():
         for name, tp in _field_types(cls).items():
             out[f"{section}.{name}"] = tp
@@ -544,6 +708,7 @@ def with_overrides(config: ServiceConfig, **dotted: Any) -> ServiceConfig:
 # Validation
 
 Problem = tuple[str, Any, str]
+REDACTED = "<redacted>"
 
 
 def is_loopback(host: str) -> bool:
@@ -556,148 +721,115 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def validate(config: ServiceConfig) -> list[Problem]:
-    """Every problem as (dotted key, value, reason); empty when the configuration is valid."""
-    p: list[Problem] = []
+def knob_of(f: dataclasses.Field[Any]) -> Knob:
+    """The :class:`Knob` declared on a field; TypeError when it was declared without one."""
+    info = f.metadata.get(_KNOB)
+    if not isinstance(info, Knob):
+        raise TypeError(f"configuration field {f.name!r} is not declared with knob(...)")
+    return info
 
-    def need(ok: bool, key: str, value: Any, why: str) -> None:
-        if not ok:
-            p.append((key, value, why))
 
-    s, d, e, i, pol, sec, m, lg = (
-        config.server,
-        config.decode,
-        config.eligibility,
-        config.inference,
-        config.policy,
-        config.security,
-        config.metrics,
-        config.logging,
-    )
-    need(bool(config.bundle), "bundle", config.bundle, "a model bundle folder is required")
-    need(0 <= s.port <= 65535, "server.port", s.port, "must be between 0 and 65535")
-    need(bool(s.host), "server.host", s.host, "must not be empty")
-    need(
-        s.max_message_bytes >= 1024,
-        "server.max_message_bytes",
-        s.max_message_bytes,
-        "must be >= 1024",
-    )
-    need(
-        s.max_stream_bytes >= 1024,
-        "server.max_stream_bytes",
-        s.max_stream_bytes,
-        "must be >= 1024",
-    )
-    need(s.max_instances >= 1, "server.max_instances", s.max_instances, "must be >= 1")
-    need(s.max_in_flight >= 1, "server.max_in_flight", s.max_in_flight, "must be >= 1")
-    need(
-        s.max_request_seconds > 0,
-        "server.max_request_seconds",
-        s.max_request_seconds,
-        "must be > 0",
-    )
-    need(
-        s.shutdown_grace_seconds >= 0,
-        "server.shutdown_grace_seconds",
-        s.shutdown_grace_seconds,
-        "must be >= 0",
-    )
-    need(d.max_pixels >= 1, "decode.max_pixels", d.max_pixels, "must be >= 1")
-    need(d.reduce_min_scale >= 1.0, "decode.reduce_min_scale", d.reduce_min_scale, "must be >= 1.0")
-    need(
-        bool(e.modalities),
-        "eligibility.modalities",
-        e.modalities,
-        "must list at least one modality",
-    )
-    need(
-        bool(e.body_parts),
-        "eligibility.body_parts",
-        e.body_parts,
-        "must list at least one body part",
-    )
-    need(
-        bool(e.frontal_views),
-        "eligibility.frontal_views",
-        e.frontal_views,
-        "must list at least one view",
-    )
-    unknown = [x for x in i.providers if x not in KNOWN_PROVIDERS]
-    need(
-        not unknown,
-        "inference.providers",
-        i.providers,
-        f"unknown provider(s) {unknown}; use {list(KNOWN_PROVIDERS)}",
-    )
-    need(bool(i.providers), "inference.providers", i.providers, "must list at least one provider")
-    need(1 <= i.max_batch <= 1024, "inference.max_batch", i.max_batch, "must be between 1 and 1024")
-    need(
-        0 <= i.max_wait_ms <= 1000,
-        "inference.max_wait_ms",
-        i.max_wait_ms,
-        "must be between 0 and 1000",
-    )
-    need(i.queue_capacity >= 1, "inference.queue_capacity", i.queue_capacity, "must be >= 1")
-    need(0 <= i.streams <= 64, "inference.streams", i.streams, "must be between 0 and 64")
-    need(i.intra_op_threads >= 0, "inference.intra_op_threads", i.intra_op_threads, "must be >= 0")
-    need(i.warmup_runs >= 0, "inference.warmup_runs", i.warmup_runs, "must be >= 0")
+def knobs() -> Iterator[tuple[str, dataclasses.Field[Any], Knob]]:
+    """Every key in order (top-level keys, then each section's): (dotted key, field, knob)."""
+    sections = _sections()
+    for top in dataclasses.fields(ServiceConfig):
+        if top.name not in sections:
+            yield top.name, top, knob_of(top)
+            continue
+        for f in dataclasses.fields(sections[top.name]):
+            yield f"{top.name}.{f.name}", f, knob_of(f)
 
-    def prob(key: str, v: float | None) -> None:
-        if v is not None:
-            need(math.isfinite(v) and 0.0 <= v <= 1.0, key, v, "must be between 0 and 1")
 
-    prob("policy.defer_cost", pol.defer_cost)
-    prob("policy.min_defer_cost", pol.min_defer_cost)
-    prob("policy.max_defer_cost", pol.max_defer_cost)
-    need(
-        pol.min_defer_cost <= pol.max_defer_cost,
-        "policy.min_defer_cost",
-        pol.min_defer_cost,
-        f"must not exceed policy.max_defer_cost ({pol.max_defer_cost})",
-    )
-    if pol.defer_cost is not None:
-        need(
-            pol.min_defer_cost <= pol.defer_cost <= pol.max_defer_cost,
-            "policy.defer_cost",
-            pol.defer_cost,
-            f"must lie within [policy.min_defer_cost, policy.max_defer_cost] = "
-            f"[{pol.min_defer_cost}, {pol.max_defer_cost}]",
-        )
-    need(
-        bool(sec.tls_cert) == bool(sec.tls_key),
-        "security.tls_key" if sec.tls_cert else "security.tls_cert",
-        sec.tls_key or sec.tls_cert,
-        "security.tls_cert and security.tls_key must be set together",
-    )
-    need(
-        not sec.tls_client_ca or sec.tls,
-        "security.tls_client_ca",
-        sec.tls_client_ca,
-        "mutual TLS needs security.tls_cert and security.tls_key",
-    )
-    for key in ("tls_cert", "tls_key", "tls_client_ca", "tokens_file"):
-        value = getattr(sec, key)
-        need(not value or Path(value).is_file(), f"security.{key}", value, "file does not exist")
-    need(
-        all(t.strip() == t and t for t in sec.tokens),
-        "security.tokens",
-        "<redacted>",
-        "tokens must be non-empty without spaces",
-    )
-    need(0 <= m.port <= 65535, "metrics.port", m.port, "must be between 0 and 65535 (0: off)")
-    need(
-        lg.level.upper() in LOG_LEVELS,
-        "logging.level",
-        lg.level,
-        f"must be one of {list(LOG_LEVELS)}",
-    )
-    w = config.worklist
-    need(w.lease_seconds > 0, "worklist.lease_seconds", w.lease_seconds, "must be > 0")
+def _value(config: ServiceConfig, key: str) -> Any:
+    value: Any = config
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def _field_problems(config: ServiceConfig) -> Iterator[Problem]:
+    for key, _, info in knobs():
+        value = _value(config, key)
+        for check in info.checks:
+            reason = check(value)
+            if reason is not None:
+                yield key, REDACTED if info.secret else value, reason
+
+
+def _defer_cost_rules(policy: PolicyConfig) -> Iterator[Problem]:
+    low, high = policy.min_defer_cost, policy.max_defer_cost
+    if not low <= high:
+        yield "policy.min_defer_cost", low, f"must not exceed policy.max_defer_cost ({high})"
+    cost = policy.defer_cost
+    if cost is not None and not low <= cost <= high:
+        bounds = f"[policy.min_defer_cost, policy.max_defer_cost] = [{low}, {high}]"
+        yield "policy.defer_cost", cost, f"must lie within {bounds}"
+
+
+def _tls_rules(security: SecurityConfig) -> Iterator[Problem]:
+    if bool(security.tls_cert) != bool(security.tls_key):
+        key = "security.tls_key" if security.tls_cert else "security.tls_cert"
+        value = security.tls_key or security.tls_cert
+        yield key, value, "security.tls_cert and security.tls_key must be set together"
+    if security.tls_client_ca and not security.tls:
+        reason = "mutual TLS needs security.tls_cert and security.tls_key"
+        yield "security.tls_client_ca", security.tls_client_ca, reason
+
+
+def _routing_rules(routing: RoutingConfig) -> Iterator[Problem]:
+    from service.stages.routing import parse_routing
+
     try:
-        from service.stages.routing import parse_routing
-
-        parse_routing(config.routing.table_data())
+        parse_routing(routing.table_data())
     except ValueError as exc:
-        need(False, "routing.rules", "[[routing.rules]]", str(exc))
-    return p
+        yield "routing.rules", "[[routing.rules]]", str(exc)
+
+
+def validate(config: ServiceConfig) -> list[Problem]:
+    """Every problem as (dotted key, value, reason); empty when the configuration is valid.
+
+    The checks of every field, then the rules that span fields: the defer-cost bounds, TLS
+    certificate and key together (and mutual TLS only with TLS), and the routing rules.
+    """
+    return [
+        *_field_problems(config),
+        *_defer_cost_rules(config.policy),
+        *_tls_rules(config.security),
+        *_routing_rules(config.routing),
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Reference
+
+
+def _shown_default(f: dataclasses.Field[Any], info: Knob) -> str:
+    if info.shown is not None:
+        return info.shown
+    default = f.default
+    return "`" + json.dumps(list(default) if isinstance(default, tuple) else default) + "`"
+
+
+def _cell(text: str) -> str:
+    return " ".join(text.split()).replace("|", "\\|")
+
+
+def _env_cell(key: str, tp: Any) -> str:
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) is dict or any(typing.get_origin(a) is dict for a in args):
+        return "none (TOML file only)"
+    return f"`{env_name(key)}`"
+
+
+def reference_markdown() -> str:
+    """A Markdown table of every key: key, environment variable, default and doc, in order."""
+    lines = [
+        "| key | environment variable | default | meaning |",
+        "|---|---|---|---|",
+    ]
+    types_by_key = key_types()
+    for key, f, info in knobs():
+        env = _env_cell(key, types_by_key[key])
+        cells = (f"`{key}`", env, _shown_default(f, info), info.doc)
+        lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    return "\n".join(lines) + "\n"

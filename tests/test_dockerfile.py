@@ -6,10 +6,12 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -59,6 +61,41 @@ def test_runtime_image_has_no_torch_and_runs_as_non_root() -> None:
         assert "torch" not in installs and "[train" not in installs
         assert any(op == "HEALTHCHECK" for op, _ in ops)
         assert ("EXPOSE", "50051") in ops
+
+
+@pytest.mark.slow
+def test_serving_wheel_holds_only_the_serving_packages(tmp_path: Path) -> None:
+    """The wheel built from what the build stage copies holds service/ and triage_common/ only,
+    and requires neither torch, matplotlib, rich nor anything of the tools."""
+    build = [rest for s, op, rest in instructions() if s == "build" and op == "COPY"]
+    context = tmp_path / "context"
+    context.mkdir()
+    for rest in build:
+        *sources, dest = shlex.split(rest)
+        for source in sources:
+            target = context / dest if dest not in ("./", ".") else context / source
+            if (ROOT / source).is_dir():
+                shutil.copytree(ROOT / source, target, ignore=shutil.ignore_patterns("__pycache__"))
+            else:
+                shutil.copy(ROOT / source, context / Path(source).name)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+         "--wheel-dir", str(tmp_path / "wheels"), str(context)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    (wheel,) = (tmp_path / "wheels").glob("*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+        metadata = next(archive.read(n).decode() for n in names if n.endswith("/METADATA"))
+    packages = {n.split("/")[0] for n in names if n.endswith(".py")}
+    assert packages == {"service", "triage_common"}
+    required = [
+        line.split(":", 1)[1].strip()
+        for line in metadata.splitlines()
+        if line.startswith("Requires-Dist:") and "extra ==" not in line
+    ]
+    banned = ("torch", "matplotlib", "rich", "onnx>", "onnxscript")
+    assert required and not [r for r in required if r.startswith(banned)]
 
 
 def _env(stage: str) -> dict[str, str]:

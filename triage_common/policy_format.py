@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -17,6 +16,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
+from triage_common.atomic import atomic_write_text
 from triage_common.bundle_format import BUNDLE_ID_HEX, canonical_json
 
 POLICY_FORMAT = "cxr-triage/policy/1"
@@ -111,13 +111,10 @@ class CalibratedPolicy:
 
 
 def write_policy(path: Path, policy: CalibratedPolicy) -> None:
-    """Write atomically (temporary file + rename), so a reload never sees half a file."""
+    """Write atomically (temporary file, fsync, rename), so a reload never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({**policy.body(), "policy_id": policy.policy_id}, indent=2) + "\n")
-    with tmp.open("rb") as fh:
-        os.fsync(fh.fileno())
-    tmp.replace(path)
+    body = {**policy.body(), "policy_id": policy.policy_id}
+    atomic_write_text(path, json.dumps(body, indent=2) + "\n")
 
 
 def read_policy(path: Path, bundle_id: str | None = None) -> CalibratedPolicy:

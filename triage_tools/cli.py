@@ -89,12 +89,26 @@ COMMANDS: tuple[Command, ...] = (
 )
 
 
-def _usage() -> str:
-    width = max(len(" ".join(c.words)) for c in COMMANDS)
-    lines = ["usage: triage COMMAND [ARGS...]", "", "commands:"]
-    lines += [f"  {' '.join(c.words):<{width}}  {c.help}" for c in COMMANDS]
+def _usage(group: tuple[str, ...] = ()) -> str:
+    """The command list, or only the commands of ``group`` (e.g. ``("export",)``)."""
+    shown = [c for c in COMMANDS if c.words[: len(group)] == group]
+    width = max(len(" ".join(c.words)) for c in shown)
+    prefix = " ".join(("triage", *group))
+    lines = [f"usage: {prefix} COMMAND [ARGS...]", "", "commands:"]
+    lines += [f"  {' '.join(c.words):<{width}}  {c.help}" for c in shown]
     lines += ["", "`triage COMMAND --help` describes a command."]
     return "\n".join(lines)
+
+
+def _group(argv: Sequence[str]) -> tuple[str, ...] | None:
+    """The longest command-group prefix of ``argv`` (``triage export``), if any."""
+    best: tuple[str, ...] | None = None
+    for command in COMMANDS:
+        for n in range(1, len(command.words)):
+            words = command.words[:n]
+            if tuple(argv[:n]) == words and (best is None or n > len(best)):
+                best = words
+    return best
 
 
 def _match(argv: Sequence[str]) -> tuple[Command, list[str]] | None:
@@ -119,6 +133,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0 if args_in else 2
     found = _match(args_in)
     if found is None:
+        group = _group(args_in)
+        if group is not None:
+            rest = args_in[len(group) :]
+            asked = bool(rest) and rest[0] in ("-h", "--help", "help")
+            if not rest or asked:
+                print(_usage(group), file=sys.stdout if asked else sys.stderr)
+                return 0 if asked else 2
         print(f"triage: unknown command {' '.join(args_in[:2])!r}\n\n{_usage()}", file=sys.stderr)
         return 2
     command, rest = found

@@ -19,22 +19,41 @@ def configure(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``triage train classifier``."""
     parser.add_argument("--data", type=Path, required=True, help="phantom folder or CSV")
     parser.add_argument("--out", type=Path, required=True, help="run folder to write")
-    parser.add_argument("--config", choices=("compact", "densenet121"), default="densenet121")
+    parser.add_argument(
+        "--config",
+        choices=("compact", "densenet121"),
+        default="densenet121",
+        help="network size: DenseNet-121 or the compact test/demo variant (densenet121)",
+    )
     parser.add_argument("--size", type=int, default=None, help="input size (compact 128, full 224)")
-    parser.add_argument("--epochs", type=int, default=12)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--weight-decay", type=float, default=1e-4)
-    parser.add_argument("--patience", type=int, default=4)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--epochs", type=int, default=12, help="most epochs (12)")
+    parser.add_argument("--batch-size", type=int, default=32, help="images per step (32)")
+    parser.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (1e-3)")
+    parser.add_argument(
+        "--weight-decay", type=float, default=1e-4, help="AdamW weight decay (1e-4)"
+    )
+    parser.add_argument(
+        "--patience", type=int, default=4, help="epochs without validation gain before stopping (4)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of splits, init and order (0)")
     parser.add_argument(
         "--split", default="70/15/15", help="classifier/error-model/test by patient"
     )
     parser.add_argument("--val-fraction", type=float, default=0.15, help="of classifier patients")
     parser.add_argument("--labels", nargs="+", default=None, help="label columns (default: all)")
-    parser.add_argument("--uncertain", choices=("ignore", "ones", "zeros"), default="ignore")
+    parser.add_argument(
+        "--uncertain",
+        choices=("ignore", "ones", "zeros"),
+        default="ignore",
+        help="CSV uncertain labels (-1): masked out, positive or negative (ignore)",
+    )
     parser.add_argument("--image-root", type=Path, default=None, help="root of CSV image paths")
-    parser.add_argument("--cam-layer", choices=("relu", "norm5"), default="relu")
+    parser.add_argument(
+        "--cam-layer",
+        choices=("relu", "norm5"),
+        default="relu",
+        help="Grad-CAM layer: the final ReLU or norm5 (relu)",
+    )
     parser.add_argument("--init-weights", type=Path, default=None, help="torchvision/CheXNet file")
     parser.add_argument("--fold-rgb", action="store_true", help="fold a 3-channel conv0 to 1")
     parser.add_argument(

@@ -19,14 +19,24 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", type=Path, required=True, help="the classifier's dataset")
     parser.add_argument("--classifier", type=Path, required=True, help="classifier run folder")
     parser.add_argument("--out", type=Path, required=True, help="run folder to write")
-    parser.add_argument("--epochs", type=int, default=150)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--patience", type=int, default=25)
+    parser.add_argument("--epochs", type=int, default=150, help="most epochs (150)")
+    parser.add_argument("--batch-size", type=int, default=128, help="studies per step (128)")
+    parser.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate (3e-3)")
+    parser.add_argument(
+        "--patience",
+        type=int,
+        default=25,
+        help="epochs without validation gain before stopping (25)",
+    )
     parser.add_argument("--views", type=int, default=4, help="augmented views per image")
     parser.add_argument("--grid", type=int, default=8, help="CAM grid the error model reads")
-    parser.add_argument("--ood-percentile", type=float, default=99.0)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--ood-percentile",
+        type=float,
+        default=99.0,
+        help="OOD threshold: this percentile of the training images' scores (99)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of init and order (0)")
     parser.add_argument("--image-root", type=Path, default=None, help="root of CSV image paths")
 
 

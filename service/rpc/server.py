@@ -285,8 +285,20 @@ class TriageServer:
         return self._stopped.wait(timeout)
 
 
-def _register_worklist(store: WorklistStore, grpc_server: grpc.Server) -> None:
-    add_worklist(store, grpc_server)
+def add_maintenance_services(
+    grpc_server: grpc.Server, application_services: Sequence[str], reflection: bool
+) -> health.HealthServicer:
+    """The maintenance services, configured apart from the application's: ``grpc.health.v1``
+    (statuses set by :class:`TriageServer`) and, when ``reflection`` is on, server reflection
+    listing ``application_services`` with health and reflection themselves."""
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)
+    if reflection:
+        from grpc_reflection.v1alpha import reflection as grpc_reflection
+
+        names = (*application_services, health.SERVICE_NAME, grpc_reflection.SERVICE_NAME)
+        grpc_reflection.enable_server_reflection(names, grpc_server)
+    return health_servicer
 
 
 def create_server(
@@ -296,7 +308,7 @@ def create_server(
     policy: PolicySource | None = None,
     router: Router | None = None,
     store: WorklistStore | None = None,
-    extra_services: Sequence[tuple[str, Callable[[grpc.Server], None]]] = (),
+    extra_services: Sequence[tuple[str, Callable[[grpc.Server], object]]] = (),
 ) -> tuple[TriageServer, int]:
     """Build the server for ``config`` and bind its port (0: any free port); not started yet.
 
@@ -322,7 +334,7 @@ def create_server(
         worklist_store = store
         extra_services = (
             *extra_services,
-            (WORKLIST_SERVICE, lambda srv: _register_worklist(worklist_store, srv)),
+            (WORKLIST_SERVICE, lambda srv: add_worklist(worklist_store, srv)),
         )
     policy = policy or policy_source(bundle, config.policy)
     s = config.server
@@ -349,18 +361,9 @@ def create_server(
     triage_pb2_grpc.add_TriageServicer_to_server(servicer, grpc_server)  # type: ignore[no-untyped-call]
     for _name, register in extra_services:
         register(grpc_server)
-    health_servicer = health.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)
-    if s.reflection:
-        from grpc_reflection.v1alpha import reflection
-
-        names = (
-            TRIAGE_SERVICE,
-            *(name for name, _ in extra_services),
-            health.SERVICE_NAME,
-            reflection.SERVICE_NAME,
-        )
-        reflection.enable_server_reflection(names, grpc_server)
+    health_servicer = add_maintenance_services(
+        grpc_server, (TRIAGE_SERVICE, *(name for name, _ in extra_services)), s.reflection
+    )
     address = f"{s.host}:{s.port}" if ":" not in s.host else f"[{s.host}]:{s.port}"
     credentials = _credentials(config)
     if credentials is None:

@@ -12,9 +12,9 @@ import pytest
 from service.bundle import load_bundle
 from service.config import PolicyConfig
 from service.stages.policy import FilePolicySource
+from triage_common.datasets import load_dataset
 from triage_common.policy_format import read_policy
 from triage_tools.calibration.calibrate import CalibrationSet
-from triage_tools.calibration.labelled import read_labelled_set
 from triage_tools.calibration.recalibrate import choose_recalibration
 from triage_tools.calibration.risk_control import NotEnoughData, certify_cost
 from triage_tools.calibration.served import ServedOptions, run_served
@@ -72,7 +72,7 @@ def test_worklist_export_calibrates_and_refuses_other_bundles_lines(
     """Export lines of this bundle calibrate; lines of another bundle are refused by count."""
     bundle = load_bundle(phantom_bundle)
     cal = run_served(
-        bundle, read_labelled_set(tiny_phantoms, bundle.labels), ServedOptions(progress=False)
+        bundle, load_dataset(tiny_phantoms, bundle.labels), ServedOptions(progress=False)
     ).cal
     lines = []
     for i in range(len(cal)):

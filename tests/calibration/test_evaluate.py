@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from triage_common.evaluation import summarise_iou
 from triage_common.policy_format import Recalibration
 from triage_tools.calibration import evaluate as ev
 from triage_tools.calibration.calibrate import CalibrationSet
@@ -123,7 +124,7 @@ def test_cam_iou_uses_the_mask_frame(tmp_path: Path) -> None:
     )
     iou = ev.cam_iou_per_study(cal, tmp_path)
     assert iou[0, 0] == pytest.approx(1.0) and np.isnan(iou[0, 1])
-    assert ev.summarise_iou(iou, cal.labels) == {"A": {"mean": 1.0, "n": 1}}
+    assert summarise_iou(iou, cal.labels) == {"A": {"mean": 1.0, "n": 1}}
 
 
 def test_evaluate_cli_writes_report_figures_and_summary(

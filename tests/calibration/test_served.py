@@ -13,19 +13,19 @@ from service._proto.triage.v1 import triage_pb2, triage_pb2_grpc
 from service.bundle import load_bundle
 from service.config import load_config
 from service.rpc.server import create_server
-from triage_tools.calibration.labelled import read_labelled_set
+from triage_common.datasets import load_dataset
 from triage_tools.calibration.served import ServedOptions, run_served
 
 
 def test_labelled_phantoms_keep_frontal_rows_and_reported_labels(tiny_phantoms: Path) -> None:
     """The phantom reader keeps frontal images only and takes the reported labels as truth."""
     labels = ("Cardiomegaly", "Edema", "Pleural Effusion", "Pneumothorax")
-    data = read_labelled_set(tiny_phantoms, labels)
+    data = load_dataset(tiny_phantoms, labels)
     with (tiny_phantoms / "labels.csv").open(newline="") as fh:
         rows = [r for r in csv.DictReader(fh) if r["view"] in ("PA", "AP")]
     assert len(data) == len(rows) == 40
     reported = np.array([[float(r[n]) for n in labels] for r in rows])
-    assert np.array_equal(data.truth, reported)
+    assert np.array_equal(data.labels, reported)
     assert data.heldout_sites and set(data.sites) >= set(data.heldout_sites)
 
 
@@ -34,7 +34,7 @@ def test_served_runner_matches_the_grpc_server(
 ) -> None:
     """Probabilities, raw P(error) and OOD score equal the server's for every phantom file."""
     bundle = load_bundle(phantom_bundle)
-    data = read_labelled_set(tiny_phantoms, bundle.labels)
+    data = load_dataset(tiny_phantoms, bundle.labels)
     run = run_served(bundle, data, ServedOptions(batch_size=7, progress=False))
     assert not run.skipped and len(run.cal) == len(data)
     overrides = {"bundle": str(phantom_bundle), "server.port": 0}
@@ -75,8 +75,8 @@ def test_files_the_service_refuses_are_skipped_with_reasons(
     ):
         lines.append(f"{path},{patient},1,0,,-1")
     (tmp_path / "set.csv").write_text("\n".join(lines) + "\n")
-    data = read_labelled_set(tmp_path / "set.csv", bundle.labels)
-    assert data.truth[0].tolist()[:3] == [1.0, 0.0, 0.0] and np.isnan(data.truth[0, 3])
+    data = load_dataset(tmp_path / "set.csv", bundle.labels)
+    assert data.labels[0].tolist()[:3] == [1.0, 0.0, 0.0] and np.isnan(data.labels[0, 3])
     run = run_served(bundle, data, ServedOptions(progress=False))
     assert len(run.cal) == 1 and run.cal.patient_ids == ("p1",)
     reasons = run.skipped_reasons()

@@ -20,7 +20,6 @@ import torch
 from PIL import Image
 
 from export.parity import synthetic_inputs
-from models.datasets import load_dataset
 from models.densenet import DenseNet, config_by_name
 from models.error_loop import ERROR_MODEL_FORMAT
 from models.error_model import ErrorModel, ErrorModelConfig
@@ -29,6 +28,7 @@ from models.runs import CLASSIFIER_FORMAT, make_split, write_split
 from models.splits import SplitFractions
 from models.training import classifier_outputs
 from triage_common.bundle_format import sha256_file
+from triage_common.datasets import load_dataset
 from triage_common.labels import DEFAULT_LABELS
 from triage_common.preprocess import PreprocessSpec
 

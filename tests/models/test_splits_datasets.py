@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from models.datasets import load_csv_dataset, load_dataset
 from models.splits import SplitFractions, assign_patients
+from triage_common.datasets import load_csv_dataset, load_dataset
 
 
 def test_split_is_patient_disjoint_and_near_fractions() -> None:

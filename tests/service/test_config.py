@@ -2,15 +2,29 @@
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from pathlib import Path
 
 import pytest
 
 from service import config as config_module
-from service.config import ConfigError, env_name, key_types, load_config, parse_set_flags
+from service.config import (
+    ConfigError,
+    ServiceConfig,
+    env_name,
+    key_types,
+    load_config,
+    parse_set_flags,
+    reference_markdown,
+    validate,
+    with_overrides,
+)
+from triage_tools import config_table
 
 
 def _toml(tmp_path: Path, text: str) -> Path:
+    """Write ``text`` as ``triage.toml`` under ``tmp_path``."""
     path = tmp_path / "triage.toml"
     path.write_text(text)
     return path
@@ -51,11 +65,97 @@ def test_env_parsing() -> None:
 
 
 def test_every_key_has_an_env_name_and_documentation() -> None:
-    """Each key maps to TRIAGE_<SECTION>__<KEY> and is documented in the module docstring."""
-    doc = config_module.__doc__ or ""
+    """Each key maps to TRIAGE_<SECTION>__<KEY> and has a row in the generated reference table."""
+    table = reference_markdown()
     for key in key_types():
         assert env_name(key) == "TRIAGE_" + key.upper().replace(".", "__")
-        assert f"``{key}``" in doc, key
+        assert f"| `{key}` |" in table, key
+
+
+def _config_fields() -> list[tuple[str, dataclasses.Field[object]]]:
+    """Every (dotted key, field) of the configuration, found from the dataclasses themselves."""
+    hints = typing.get_type_hints(ServiceConfig)
+    out: list[tuple[str, dataclasses.Field[object]]] = []
+    for top in dataclasses.fields(ServiceConfig):
+        section = hints[top.name]
+        if dataclasses.is_dataclass(section):
+            out += [(f"{top.name}.{f.name}", f) for f in dataclasses.fields(section)]
+        else:
+            out.append((top.name, top))
+    return out
+
+
+def test_every_field_has_a_doc() -> None:
+    """Every field of every section (and the top-level bundle) is declared with a non-empty doc."""
+    fields = _config_fields()
+    assert [key for key, _ in fields] == list(key_types())
+    for key, f in fields:
+        assert config_module.knob_of(f).doc.strip(), key
+
+
+def test_readme_config_table_is_current() -> None:
+    """The README's configuration table is exactly what reference_markdown() renders."""
+    committed = config_table.region(config_table.README.read_text())
+    assert committed == "\n" + reference_markdown(), (
+        f"the configuration table in README.md is stale; regenerate it with "
+        f"`{config_table.COMMAND}`"
+    )
+
+
+def test_config_table_main_rewrites_a_stale_region(tmp_path: Path) -> None:
+    """The regenerate command replaces only the marked region, and --check reports staleness."""
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{config_table.BEGIN}\nold\n{config_table.END}\noutro\n")
+    assert config_table.main(["--readme", str(readme), "--check"]) == 1
+    assert config_table.main(["--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert text.startswith("intro\n") and text.endswith(f"{config_table.END}\noutro\n")
+    assert config_table.region(text) == "\n" + reference_markdown()
+    assert config_table.main(["--readme", str(readme), "--check"]) == 0
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "shown", "reason"),
+    [
+        ("decode.reduce_min_scale", 0.5, 0.5, "must be >= 1.0"),
+        ("logging.level", "LOUD", "LOUD", "must be one of ['DEBUG', 'INFO', 'WARNING', 'ERROR',"),
+        ("security.tokens", ("s3cret ",), "<redacted>", "tokens must be non-empty without spaces"),
+    ],
+)
+def test_field_check_names_its_key(key: str, value: object, shown: object, reason: str) -> None:
+    """A field's own check refuses a bad value under that field's key (secrets redacted)."""
+    problems = validate(with_overrides(ServiceConfig(bundle="/b"), **{key: value}))
+    assert [(k, v) for k, v, _ in problems] == [(key, shown)]
+    assert problems[0][2].startswith(reason)
+    assert "s3cret" not in repr(problems)
+
+
+def test_cross_field_rules(tmp_path: Path) -> None:
+    """TLS files must come as a pair, mutual TLS needs TLS, and min_defer_cost <= max_defer_cost."""
+    pem = tmp_path / "ca.pem"
+    pem.write_text("x")
+    config = with_overrides(
+        ServiceConfig(bundle="/b"),
+        **{
+            "security.tls_cert": str(pem),
+            "security.tls_client_ca": str(pem),
+            "policy.min_defer_cost": 0.6,
+            "policy.max_defer_cost": 0.4,
+        },
+    )
+    assert validate(config) == [
+        ("policy.min_defer_cost", 0.6, "must not exceed policy.max_defer_cost (0.4)"),
+        (
+            "security.tls_key",
+            str(pem),
+            "security.tls_cert and security.tls_key must be set together",
+        ),
+        (
+            "security.tls_client_ca",
+            str(pem),
+            "mutual TLS needs security.tls_cert and security.tls_key",
+        ),
+    ]
 
 
 @pytest.mark.parametrize(

@@ -8,9 +8,11 @@ from pathlib import Path
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``triage bench durability``."""
-    parser.add_argument("--bundle", type=Path, required=True)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--submitters", type=int, default=8)
+    parser.add_argument("--bundle", type=Path, required=True, help="model bundle folder")
+    parser.add_argument("--rounds", type=int, default=3, help="SIGKILL rounds (3)")
+    parser.add_argument(
+        "--submitters", type=int, default=8, help="concurrent submitting clients (8)"
+    )
     parser.add_argument("--kill-after", type=int, default=24, help="acknowledged results")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
 

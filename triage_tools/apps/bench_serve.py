@@ -40,14 +40,20 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from service.bundle import Bundle
-    from triage_common.onnx_runtime import InferencePlan
+    from service.stages.inference import OpenedModel
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``triage bench serve``."""
     parser.add_argument("--bundle", type=Path, required=True, help="model bundle folder")
     parser.add_argument("--config", type=Path, help="TOML configuration for the server")
-    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="a server configuration key (repeatable), as for `triage serve`",
+    )
     parser.add_argument("--studies", type=int, default=32, help="studies per (kind, concurrency)")
     parser.add_argument("--concurrency", default="1,8,32", help="comma-separated client counts")
     parser.add_argument(
@@ -109,21 +115,12 @@ def _uid_variants(data: bytes, n: int) -> list[bytes]:
 class ModelOnly:
     """The bundle's graph alone, in one arrangement: ``plan.streams`` threads on one session."""
 
-    def __init__(
-        self, bundle: Bundle, batch: int, providers: list[str], plan: InferencePlan
-    ) -> None:
+    def __init__(self, bundle: Bundle, batch: int, opened: OpenedModel) -> None:
         import numpy as np
 
-        from triage_common.onnx_runtime import OnnxRuntimeModel
-
-        self.plan = plan
+        self.plan = opened.plan
         self.batch = batch
-        self.model = OnnxRuntimeModel(
-            bundle.model_file,
-            providers=providers,
-            intra_op_threads=plan.intra_op_threads,
-            allow_spinning=False,
-        )
+        self.model = opened.model
         size = bundle.spec.size
         x = np.random.default_rng(0).standard_normal((batch, 1, size, size))
         self.x = x.astype(np.float32)
@@ -321,9 +318,9 @@ def run(args: argparse.Namespace) -> int:
 
     from service.bundle import load_bundle
     from service.config import ConfigError, load_config, parse_set_flags
-    from service.stages.inference import providers_for
+    from service.stages.inference import open_model
     from triage_common.console import print_table, write_json
-    from triage_common.onnx_runtime import plan_inference, usable_cores
+    from triage_common.onnx_runtime import usable_cores
     from triage_tools.serve_process import ServeProcess
 
     overrides: dict[str, Any] = dict(parse_set_flags(args.set))
@@ -342,15 +339,15 @@ def run(args: argparse.Namespace) -> int:
         "jpeg2000": args.j2k or _default_file("RG1_J2KR.dcm"),
     }
     inference = config.inference
-    providers = providers_for(inference)
     batch = inference.max_batch
     cores = usable_cores()
-    plans = {
-        "server": plan_inference(inference.streams, inference.intra_op_threads, providers, cores),
-        "one batch at a time": plan_inference(1, inference.intra_op_threads, providers, cores),
-    }
     bundle = load_bundle(args.bundle)  # verified once; the server verifies its own copy
-    models = {name: ModelOnly(bundle, batch, providers, p) for name, p in plans.items()}
+    opened = {
+        "server": open_model(bundle, inference),
+        "one batch at a time": open_model(bundle, inference, streams=1),
+    }
+    plans = {name: o.plan for name, o in opened.items()}
+    models = {name: ModelOnly(bundle, batch, o) for name, o in opened.items()}
     encoded = {
         kind: [encode_study(d) for d in _uid_variants(path.read_bytes(), max(args.studies, 2))]
         for kind, path in kinds.items()

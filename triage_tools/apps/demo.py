@@ -35,15 +35,24 @@ class Step:
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``triage demo``."""
-    parser.add_argument("--out", type=Path, default=Path("demo-out"))
-    parser.add_argument("--studies", type=int, default=3000)
+    parser.add_argument(
+        "--out", type=Path, default=Path("demo-out"), help="output folder (demo-out)"
+    )
+    parser.add_argument(
+        "--studies", type=int, default=3000, help="phantom studies to train on (3000)"
+    )
     parser.add_argument("--size", type=int, default=256, help="phantom size in pixels")
     parser.add_argument("--input-size", type=int, default=128, help="model input size")
-    parser.add_argument("--epochs", type=int, default=12)
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--calibration-studies", type=int, default=800)
+    parser.add_argument("--epochs", type=int, default=12, help="classifier epochs (12)")
+    parser.add_argument("--lr", type=float, default=2e-3, help="classifier learning rate")
+    parser.add_argument("--seed", type=int, default=7, help="seed of the training phantoms (7)")
+    parser.add_argument("--workers", type=int, default=2, help="phantom rendering processes")
+    parser.add_argument(
+        "--calibration-studies",
+        type=int,
+        default=800,
+        help="studies of each fresh calibration and evaluation set (800)",
+    )
     parser.add_argument("--max-defer-rate", type=float, default=0.5, help="radiologist capacity")
     parser.add_argument("--fresh", action="store_true", help="delete demo outputs and rebuild")
 

@@ -1,6 +1,7 @@
 """``triage health``: ask a server's ``grpc.health.v1`` service; exit 0 only when SERVING.
 
-Used by the container HEALTHCHECK and by orchestrators without a native gRPC probe. Services:
+The check is the serving image's own probe (:func:`service.apps.probe.check`); this command adds
+the tools' connection options (TLS, mutual TLS, a TLS name override, the bearer token). Services:
 ``""`` (overall), ``liveness``, ``readiness``, ``model``, ``triage.v1.Triage``.
 """
 
@@ -15,30 +16,25 @@ from triage_tools.client_args import add_connection_arguments
 def configure(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``triage health``."""
     add_connection_arguments(parser)
-    parser.add_argument("--service", default="readiness", help="health service name")
-    parser.add_argument("--timeout", type=float, default=5.0)
+    parser.add_argument("--service", default="readiness", help="health service name (readiness)")
+    parser.add_argument("--timeout", type=float, default=5.0, help="seconds to wait (5)")
 
 
 def run(args: argparse.Namespace) -> int:
     """0 when SERVING, 1 otherwise (the status or the error printed)."""
     import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+    from service.apps.probe import check
     from triage_tools.client import call_metadata
     from triage_tools.client_args import channel_from, token_from
 
     channel = channel_from(args)
     try:
-        reply = health_pb2_grpc.HealthStub(channel).Check(
-            health_pb2.HealthCheckRequest(service=args.service),
-            timeout=args.timeout,
-            metadata=call_metadata(token_from(args)),
-        )
+        status = check(channel, args.service, args.timeout, call_metadata(token_from(args)))
     except grpc.RpcError as exc:
         print(f"triage health: {exc.code().name}: {exc.details()}", file=sys.stderr)
         return 1
     finally:
         channel.close()
-    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
     print(f"{args.service or '(overall)'}: {status}")
-    return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
+    return 0 if status == "SERVING" else 1

@@ -26,26 +26,28 @@ def configure(parser: argparse.ArgumentParser) -> None:
     ls = sub.add_parser("list", help="items by priority, then age")
     ls.add_argument("--worklist", default="", help="one worklist (default: all)")
     ls.add_argument("--state", action="append", choices=STATE_NAMES, help="repeatable")
-    ls.add_argument("--limit", type=int, default=100)
-    ls.add_argument("--json", action="store_true")
+    ls.add_argument("--limit", type=int, default=100, help="most items shown (100)")
+    ls.add_argument("--json", action="store_true", help="print JSON lines, not a table")
     claim = sub.add_parser("claim", help="claim an item (or the next one of a worklist)")
-    claim.add_argument("--reader", required=True)
-    claim.add_argument("--item", default="")
-    claim.add_argument("--worklist", default="")
+    claim.add_argument("--reader", required=True, help="who claims (the reader's name)")
+    claim.add_argument("--item", default="", help="item id (default: the next one)")
+    claim.add_argument("--worklist", default="", help="worklist to take the next item from")
     claim.add_argument("--lease", type=float, default=0.0, help="seconds (0: server default)")
     release = sub.add_parser("release", help="give a claimed item back")
-    release.add_argument("--reader", required=True)
-    release.add_argument("--item", required=True)
+    release.add_argument("--reader", required=True, help="the reader holding the item")
+    release.add_argument("--item", required=True, help="item id")
     complete = sub.add_parser("complete", help="close a claimed item with final labels")
-    complete.add_argument("--reader", required=True)
-    complete.add_argument("--item", required=True)
+    complete.add_argument("--reader", required=True, help="the reader holding the item")
+    complete.add_argument("--item", required=True, help="item id")
     complete.add_argument(
         "--label", action="append", required=True, metavar="NAME=0|1", help="repeatable"
     )
     export = sub.add_parser("export", help="write items as CSV or JSON")
-    export.add_argument("--out", type=Path, required=True)
-    export.add_argument("--format", choices=("csv", "json"), default="json")
-    export.add_argument("--worklist", default="")
+    export.add_argument("--out", type=Path, required=True, help="file to write")
+    export.add_argument(
+        "--format", choices=("csv", "json"), default="json", help="file format (json)"
+    )
+    export.add_argument("--worklist", default="", help="one worklist (default: all)")
     export.add_argument(
         "--labelled",
         action="store_true",

@@ -13,8 +13,8 @@ import numpy as np
 
 from service.bundle import Bundle, load_bundle
 from service.config import ServiceConfig, load_config
+from triage_common.datasets import load_dataset
 from triage_tools.calibration.calibrate import CalibrationSet
-from triage_tools.calibration.labelled import read_labelled_set
 from triage_tools.calibration.served import ServedOptions, ServedRun, run_served
 
 DATA_HELP = (
@@ -51,7 +51,8 @@ def open_bundle(path: Path) -> Bundle:
 def run_labelled(bundle: Bundle, args: argparse.Namespace, *, keep_cams: bool = False) -> ServedRun:
     """Read ``args.data`` and run the bundle over it through the served path."""
     config = serving_config(args.bundle, args.config)
-    data = read_labelled_set(args.data, bundle.labels, args.image_root)
+    # The bundle's labels in its order; truth is the reported labels, uncertain ones unknown.
+    data = load_dataset(args.data, bundle.labels, uncertain="ignore", image_root=args.image_root)
     if len(data) == 0:
         raise ValueError(f"{args.data} holds no frontal image")
     warn_if_training_data(bundle, data.description)

@@ -15,6 +15,9 @@ For one group of studies (all, one site, the held-out sites...) :func:`group_met
 :func:`bootstrap` resamples patients (all studies of a drawn patient come together) and gives
 percentile 95 % intervals of the main metrics, including the paired differences between the
 error model and softmax response.
+
+The pieces the training report shares (per-finding and macro AUROC, the AUROC and AUPR of a
+deferral score, CAM IoU with the phantom masks) come from :mod:`triage_common.evaluation`.
 """
 
 from __future__ import annotations
@@ -28,8 +31,14 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from triage_common.metrics import auroc, average_precision, macro_auroc, top_fraction_iou
-from triage_common.preprocess import resize
+from triage_common.evaluation import (
+    cam_iou_matrix,
+    classifier_aurocs,
+    error_detection,
+    study_error_rate,
+    summarise_iou,
+)
+from triage_common.metrics import macro_auroc
 from triage_common.scores import entropy_score, softmax_response_score
 from triage_tools.calibration.calibrate import CalibrationSet
 from triage_tools.calibration.curves import aurc, risk_at_deferral, risk_coverage
@@ -85,8 +94,7 @@ def detection(score: F64, wrong: F64) -> dict[str, Any]:
         }
     area = aurc(score, wrong)
     return {
-        "auroc": auroc(wrong, score),
-        "aupr_error": average_precision(wrong, score),
+        **error_detection(score, wrong),
         "aurc": area,
         "e_aurc": area - aurc(wrong, wrong),
         "accuracy_at_deferral": {
@@ -112,9 +120,7 @@ def group_metrics(cal: CalibrationSet, policy: PolicyView) -> dict[str, Any]:
     """Every metric of the module docstring for the studies of ``cal``."""
     wrong = cal.wrong
     auto = auto_reported(cal, policy)
-    per_label = {
-        label: auroc(cal.truth[:, j], cal.probabilities[:, j]) for j, label in enumerate(cal.labels)
-    }
+    per_label, macro = classifier_aurocs(cal.truth, cal.probabilities, cal.labels)
     score = scores(cal)
     methods: dict[str, Any] = {name: detection(s, wrong) for name, s in score.items()}
     methods["random"] = random_detection(wrong)
@@ -122,16 +128,16 @@ def group_metrics(cal: CalibrationSet, policy: PolicyView) -> dict[str, Any]:
     return {
         "studies": len(cal),
         "patients": len(set(cal.patient_ids)) if cal.patient_ids else len(cal),
-        "study_error_rate": float(wrong.mean()) if len(wrong) else math.nan,
+        "study_error_rate": study_error_rate(wrong),
         "auroc": per_label,
-        "macro_auroc": macro_auroc(cal.truth, cal.probabilities),
+        "macro_auroc": macro,
         "policy": {
             "defer_cost": policy.defer_cost,
             "deferral_rate": float(1.0 - auto.mean()) if len(auto) else math.nan,
             "auto_reported": int(auto.sum()),
             "accuracy_all": _accuracy(wrong),
             "accuracy_auto": _accuracy(wrong[auto]),
-            "macro_auroc_all": macro_auroc(cal.truth, cal.probabilities),
+            "macro_auroc_all": macro,
             "macro_auroc_auto": macro_auroc(cal.truth[auto], cal.probabilities[auto]),
         },
         "error_detection": methods,
@@ -155,8 +161,9 @@ def main_metrics(cal: CalibrationSet, policy: PolicyView) -> dict[str, float]:
     oracle = aurc(wrong, wrong)
     for name, s in scores(cal).items():
         area = aurc(s, wrong)
-        out[f"{name}.auroc"] = auroc(wrong, s)
-        out[f"{name}.aupr_error"] = average_precision(wrong, s)
+        found = error_detection(s, wrong)
+        out[f"{name}.auroc"] = found["auroc"]
+        out[f"{name}.aupr_error"] = found["aupr_error"]
         out[f"{name}.aurc"] = area
         out[f"{name}.e_aurc"] = area - oracle
         out[f"{name}.accuracy_at_0.2"] = 1.0 - risk_at_deferral(s, wrong, 0.2)
@@ -207,40 +214,14 @@ def bootstrap(
 
 
 def cam_iou_per_study(cal: CalibrationSet, masks_dir: Path) -> F64:
-    """(N, L) top-p% IoU of each CAM with its phantom mask; NaN where there is no mask.
+    """(N, L) top-p% IoU of each CAM with its phantom mask; NaN where there is no mask or map.
 
-    A finding counts where ``masks/<sop_uid>.npz`` has a non-empty mask for it (the finding is
-    truly present); the CAM is resized (bilinear) to the mask's square frame first.
+    See :func:`triage_common.evaluation.cam_iou_matrix`: a finding counts where
+    ``masks/<sop_uid>.npz`` has a non-empty mask for it (the finding is truly present).
     """
-    n, n_labels = len(cal), len(cal.labels)
-    out = np.full((n, n_labels), np.nan)
     if cal.cams is None or not cal.sop_uids:
-        return out
-    for i, sop in enumerate(cal.sop_uids):
-        path = masks_dir / f"{sop}.npz"
-        if not sop or not path.exists():
-            continue
-        with np.load(path) as masks:
-            for j, label in enumerate(cal.labels):
-                if label not in masks:
-                    continue
-                mask = masks[label]
-                if mask.ndim != 2 or mask.shape[0] != mask.shape[1] or not mask.any():
-                    continue
-                heat = resize(cal.cams[i, j].astype(np.float32), mask.shape[0])
-                out[i, j] = top_fraction_iou(heat, mask)
-    return out
-
-
-def summarise_iou(iou: F64, labels: Sequence[str]) -> dict[str, dict[str, float]]:
-    """Mean IoU and count per finding (findings with no mask left out)."""
-    result: dict[str, dict[str, float]] = {}
-    for j, label in enumerate(labels):
-        column = iou[:, j]
-        column = column[np.isfinite(column)]
-        if len(column):
-            result[label] = {"mean": float(column.mean()), "n": len(column)}
-    return result
+        return np.full((len(cal), len(cal.labels)), np.nan)
+    return cam_iou_matrix(cal.cams, cal.labels, cal.sop_uids, masks_dir)
 
 
 def curves(cal: CalibrationSet) -> dict[str, tuple[F64, F64]]:

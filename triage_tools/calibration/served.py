@@ -36,10 +36,10 @@ from service.stages.batcher import MicroBatcher
 from service.stages.inference import open_model
 from service.stages.policy import StaticPolicySource, policy_from_bundle
 from triage_common.console import track
+from triage_common.datasets import ImageTable
 from triage_common.dicom_image import DicomDecodeError
 from triage_common.preprocess import IMAGE_SUFFIXES, load_image_display
 from triage_tools.calibration.calibrate import CalibrationSet
-from triage_tools.calibration.labelled import LabelledSet
 
 F32 = npt.NDArray[np.float32]
 #: How long the batcher waits for more images after the first of a batch (loaders are busy).
@@ -89,11 +89,15 @@ def _one(pipeline: TriagePipeline, path: Path) -> ModelOutput | str:
 
 def run_served(
     bundle: Bundle,
-    data: LabelledSet,
+    data: ImageTable,
     options: ServedOptions | None = None,
     model: InferenceModel | None = None,
 ) -> ServedRun:
-    """Run every image of ``data``; returns outputs and truth for the images the service takes."""
+    """Run every image of ``data``; returns outputs and truth for the images the service takes.
+
+    The truth is ``data.labels``: the reported labels, NaN where unknown (read them with the
+    ``ignore`` policy), never the phantom's noise-free ``data.true_labels``.
+    """
     options = options or ServedOptions()
     if tuple(data.label_names) != bundle.labels:
         raise ValueError(
@@ -139,7 +143,7 @@ def run_served(
         probabilities=probabilities.reshape(len(rows), n_labels),
         p_error_raw=np.array([o.p_error for o in rows], dtype=np.float64),
         ood_score=np.array([o.ood_score for o in rows], dtype=np.float64),
-        truth=data.truth[idx],
+        truth=data.labels[idx],
         sites=tuple(data.sites[i] for i in kept),
         source=str(data.description.get("path", data.root)),
         patient_ids=tuple(data.patient_ids[i] for i in kept),
