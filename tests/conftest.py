@@ -1,33 +1,94 @@
-"""Fixtures shared by every suite: the real DICOM files that pydicom-data ships."""
+"""Fixtures shared by several suites: real DICOM files, test bundles, phantoms and servers.
+
+The helpers behind them are plain modules under ``tests/helpers``; tests import those, never
+this file.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from pydicom.data import get_testdata_file
 
-from tests.bundle_factory import build_bundle_subprocess
-
-
-def testdata(name: str) -> Path:
-    """Path of a file from pydicom-data (the real RG1 chest CR, RG3 tibia, CT, MR, US)."""
-    found = get_testdata_file(name)
-    if found is None:
-        raise FileNotFoundError(f"pydicom-data does not ship {name}")
-    return Path(str(found))
+from service.rpc.server import TriageServer, create_server
+from tests.helpers import pydicom_data
+from tests.helpers.bundle_factory import NEVER_FLAGGING_OOD_THRESHOLD, build_bundle_subprocess
+from tests.helpers.servers import WorklistServerFactory, make_config
 
 
 @pytest.fixture(name="rg1_paths")
 def fixture_rg1_paths() -> dict[str, Path]:
     """The real RG1 chest CR in its four encodings."""
-    return {n: testdata(f"RG1_{n}.dcm") for n in ("UNCI", "UNCR", "J2KI", "J2KR")}
+    return pydicom_data.rg1_paths()
 
 
 @pytest.fixture(name="bundle_path", scope="session")
 def fixture_bundle_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A compact random-init 64 px bundle exported by ``triage export onnx`` (torch stays out).
 
-    Built once per session and shared read-only by the service, worklist and Dockerfile tests.
+    Built once per session and shared read-only by the service, worklist, tools and Dockerfile
+    tests.
     """
     return build_bundle_subprocess(tmp_path_factory.mktemp("test-bundle") / "bundle")
+
+
+@pytest.fixture(name="tiny_phantoms", scope="session")
+def fixture_tiny_phantoms(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """40 phantom studies at 64 px (mixed transfer syntaxes, some laterals), with masks."""
+    from models.phantoms.generate import SynthConfig, synthesize
+    from models.phantoms.scenario import load_scenario
+
+    out = tmp_path_factory.mktemp("calibration-phantoms") / "data"
+    synthesize(
+        SynthConfig(
+            out=out,
+            studies=40,
+            seed=3,
+            scenario=load_scenario("confounded"),
+            scenario_source="confounded",
+            size=64,
+            syntax="mixed",
+        )
+    )
+    return out
+
+
+@pytest.fixture(name="phantom_bundle", scope="session")
+def fixture_phantom_bundle(tmp_path_factory: pytest.TempPathFactory, tiny_phantoms: Path) -> Path:
+    """A random-init 64 px bundle whose runs name the tiny phantom set (built in a subprocess).
+
+    Its OOD guard never flags the phantoms (the guard is tested elsewhere), so calibration and
+    policy tests see every study.
+    """
+    out = tmp_path_factory.mktemp("calibration-bundle") / "bundle"
+    return build_bundle_subprocess(
+        out, data=tiny_phantoms, ood_threshold=NEVER_FLAGGING_OOD_THRESHOLD
+    )
+
+
+@pytest.fixture(name="shared_server", scope="module")
+def fixture_shared_server(bundle_path: Path) -> Iterator[tuple[TriageServer, int]]:
+    """One real server (ONNX Runtime on the test bundle) per test module."""
+    server, port = create_server(make_config(bundle_path, **{"server.max_in_flight": 64}))
+    server.start(wait_ready=True, timeout=60)
+    yield server, port
+    server.stop(0).wait(10)
+
+
+@pytest.fixture(name="worklist_server")
+def fixture_worklist_server(bundle_path: Path, tmp_path: Path) -> Iterator[WorklistServerFactory]:
+    """Starts servers on one worklist file in tmp_path (``factory(**dotted)``); stops them."""
+    started: list[TriageServer] = []
+
+    def factory(**dotted: Any) -> tuple[TriageServer, int]:
+        overrides: dict[str, Any] = {"worklist.path": str(tmp_path / "worklist.db"), **dotted}
+        server, port = create_server(make_config(bundle_path, **overrides))
+        started.append(server)
+        server.start(wait_ready=True, timeout=60)
+        return server, port
+
+    yield factory
+    for server in started:
+        server.stop(0).wait(10)

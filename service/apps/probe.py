@@ -35,6 +35,25 @@ def check(
     return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
 
 
+def report(
+    prog: str,
+    channel: grpc.Channel,
+    service: str,
+    timeout: float,
+    metadata: Sequence[tuple[str, str]] = (),
+) -> int:
+    """Check ``service``, print its status (or the error, on stderr); 0 only when SERVING."""
+    try:
+        status = check(channel, service, timeout, metadata)
+    except grpc.RpcError as exc:
+        print(f"{prog}: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
+    finally:
+        channel.close()
+    print(f"{service or '(overall)'}: {status}")
+    return 0 if status == "SERVING" else 1
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``triage-probe``."""
     parser.add_argument(
@@ -54,15 +73,7 @@ def run(args: argparse.Namespace) -> int:
         channel = grpc.secure_channel(args.server, credentials)
     token = os.environ.get("TRIAGE_TOKEN")
     metadata = (("authorization", f"Bearer {token}"),) if token else ()
-    try:
-        status = check(channel, args.service, args.timeout, metadata)
-    except grpc.RpcError as exc:
-        print(f"triage-probe: {exc.code().name}: {exc.details()}", file=sys.stderr)
-        return 1
-    finally:
-        channel.close()
-    print(f"{args.service or '(overall)'}: {status}")
-    return 0 if status == "SERVING" else 1
+    return report("triage-probe", channel, args.service, args.timeout, metadata)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -19,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.bundle_factory import build_bundle_subprocess  # noqa: E402
+from tests.helpers.bundle_factory import build_bundle_subprocess  # noqa: E402
 
 OUT = ROOT / "bench-results"
 

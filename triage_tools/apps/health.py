@@ -8,7 +8,6 @@ the tools' connection options (TLS, mutual TLS, a TLS name override, the bearer 
 from __future__ import annotations
 
 import argparse
-import sys
 
 from triage_tools.client_args import add_connection_arguments
 
@@ -22,19 +21,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """0 when SERVING, 1 otherwise (the status or the error printed)."""
-    import grpc
-
-    from service.apps.probe import check
+    from service.apps.probe import report
     from triage_tools.client import call_metadata
     from triage_tools.client_args import channel_from, token_from
 
     channel = channel_from(args)
-    try:
-        status = check(channel, args.service, args.timeout, call_metadata(token_from(args)))
-    except grpc.RpcError as exc:
-        print(f"triage health: {exc.code().name}: {exc.details()}", file=sys.stderr)
-        return 1
-    finally:
-        channel.close()
-    print(f"{args.service or '(overall)'}: {status}")
-    return 0 if status == "SERVING" else 1
+    return report(
+        "triage health", channel, args.service, args.timeout, call_metadata(token_from(args))
+    )

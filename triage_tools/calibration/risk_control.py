@@ -22,7 +22,8 @@ risk of half the target would pass at its expected error count, and ``START_SHAR
 studies that can be auto-reported at all (capped at that number, and never below the
 certifiable minimum above). This rule reads the kept counts alone, which
 depend on the P(error) scores and never on the labels, so the order of the tests is still fixed
-before the labels are seen. ``tests/calibration`` checks the violation rate in simulation.
+before the labels are seen. ``tests/triage_tools/calibration`` checks the violation rate in
+simulation.
 """
 
 from __future__ import annotations
