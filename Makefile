@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 DEMO_OUT ?= demo-out
 
-.PHONY: venv demo test lint typecheck unit bench clean
+.PHONY: venv demo test lint typecheck unit bench fuzz clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,5 +35,10 @@ test: lint typecheck unit
 bench: venv
 	$(BIN)/python tests/bench/run_all.py
 
+# 100,000 mutated DICOM inputs through the servicer's entry point, then the worst 2,000 over
+# gRPC from 8 clients; findings are copied into tests/fuzz/regressions (replayed by make test).
+fuzz: venv
+	$(BIN)/python -m tests.fuzz.campaign --inputs 100000 --grpc 2000 --save-regressions
+
 clean:
-	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(DEMO_OUT) fuzz-out .pytest_cache .mypy_cache .ruff_cache

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from export.evaluation_graphs import ERROR_HEAD_FILE, EVALUATION_FILE, export_evaluation_graphs
 from export.manifest import finalise_manifest, swap_in, utc_now, write_manifest
 from export.onnx_export import DEFAULT_OPSET, Exporter, ExportError, export_onnx, graph_shapes
 from export.parity import ParityReport, Tolerances, check_parity, parity_inputs
@@ -131,7 +132,6 @@ def manifest_body(
     shapes = output_shapes(src)
     ood = emeta["ood"]
     return {
-        "created": utc_now(),
         "model": {
             "file": MODEL_FILE,
             "format": "onnx",
@@ -161,22 +161,28 @@ def manifest_body(
         },
         "error_model": {
             "config": emeta["config"],
+            "served": emeta.get("served", "gradcam"),
+            "served_rule": emeta.get("served_rule"),
             "error_definition": emeta.get("error_definition"),
             "inputs": [PROBABILITIES, CAMS],
             "output": "p_error",
             "per_label_output": P_ERROR_LABELS,
         },
         "ood": {
-            "kind": ood.get("kind"),
+            "kind": ood.get("kind") if src.evaluation is not None else "mahalanobis",
+            "score": ood.get("score"),
             "features": ood.get("features"),
             "shrinkage": ood.get("shrinkage"),
             "fitted_on": ood.get("fitted_on"),
             "threshold": ood.get("threshold"),
             "threshold_rule": ood.get("threshold_rule"),
+            "single_layer_threshold": ood.get("single_layer_threshold"),
+            "groups": (ood.get("multi_layer") or {}).get("groups"),
             "output": OOD_SCORE,
         },
         "defer_cost": float(defer_cost),
         "provenance": {
+            "created": utc_now(),  # outside the bundle id (bundle_format.ID_KEYS)
             "dataset": cmeta.get("data", {}),
             "split_counts": cmeta.get("split_counts", {}),
             "classifier": {
@@ -271,7 +277,20 @@ def export_bundle(options: OnnxExportOptions) -> dict[str, Any]:
             defer_cost=options.defer_cost,
             parity=report,
         )
-        manifest = finalise_manifest(body, staging, [MODEL_FILE])
+        files = [MODEL_FILE]
+        if src.evaluation is not None and src.error_head is not None:
+            section, evaluation_parity = export_evaluation_graphs(
+                src.evaluation, src.error_head, staging, images, min(opset, 17)
+            )
+            log.info("evaluation_parity", **evaluation_parity.max_deviation)
+            if not evaluation_parity.ok:
+                raise ExportError(
+                    f"refusing to write bundle {out}: the evaluation graphs deviate from "
+                    f"PyTorch ({evaluation_parity.max_deviation})"
+                )
+            body["evaluation"] = section
+            files += [EVALUATION_FILE, ERROR_HEAD_FILE]
+        manifest = finalise_manifest(body, staging, files)
         write_manifest(staging, manifest)
         read_manifest(staging)  # the service's own check, before the bundle goes live
         _install(staging, out)

@@ -1,7 +1,9 @@
 """Writing the bundle manifest; the service reads it with ``bundle_format.read_manifest``.
 
 The manifest is written last and atomically (temporary file, fsync, rename): a bundle folder
-either has a complete manifest whose hashes cover every file, or none at all.
+either has a complete manifest whose hashes cover every file, or none at all. The bundle id
+covers the content keys only (``bundle_format.ID_KEYS``); the export time lives in
+``provenance.created``, outside the id, so re-exporting the same runs gives the same id.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ from triage_common.bundle_format import BUNDLE_FORMAT, MANIFEST, compute_bundle_
 MANIFEST_KEYS = (
     "format",
     "bundle_id",
-    "created",
     "model",
     "labels",
     "input",

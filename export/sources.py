@@ -14,13 +14,15 @@ from typing import Any
 import torch
 
 from models.error_loop import ERROR_MODEL_FORMAT
-from models.error_model import ErrorModel, ErrorModelConfig
-from models.ood import MahalanobisOOD
+from models.error_model import DirectErrorConfig, DirectErrorModel, ErrorModel, ErrorModelConfig
+from models.ood import MahalanobisOOD, MultiLayerOOD
 from models.runs import ClassifierRun, load_classifier_run
-from models.triage_net import TriageNet
+from models.triage_net import ErrorHeadNet, EvaluationNet, TriageNet
 from triage_common.bundle_format import sha256_file
 
 ERROR_RUN_FILES = ("error_model.json", "error_model.pt", "ood.pt")
+#: Written by runs since the evaluation graph: every baseline and the multi-layer guard.
+EVALUATION_RUN_FILES = ("gradcam.pt", "probs_only.pt", "direct.pt", "ood_multi.pt")
 
 
 class SourceError(ValueError):
@@ -37,6 +39,8 @@ class ExportSources:
     error_meta: dict[str, Any]
     classifier_sha256: str
     net: TriageNet
+    evaluation: EvaluationNet | None = None  # runs older than the evaluation graph: None
+    error_head: ErrorHeadNet | None = None
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -88,12 +92,46 @@ def load_sources(classifier_dir: Path, error_dir: Path) -> ExportSources:
             f"label mismatch: {classifier_dir} has {list(classifier.labels)}, "
             f"{error_dir} has {error_meta.get('labels')}"
         )
-    config = ErrorModelConfig(**error_meta["config"])
-    error_model = ErrorModel(config, torch.tensor(classifier.thresholds, dtype=torch.float32))
-    error_model.load_state_dict(
-        torch.load(error_dir / "error_model.pt", map_location="cpu", weights_only=True)
-    )
+    thresholds = torch.tensor(classifier.thresholds, dtype=torch.float32)
+
+    def weights(name: str) -> dict[str, torch.Tensor]:
+        loaded: dict[str, torch.Tensor] = torch.load(
+            error_dir / name, map_location="cpu", weights_only=True
+        )
+        return loaded
+
+    def error_model(config: dict[str, object], name: str) -> ErrorModel:
+        model = ErrorModel(ErrorModelConfig(**config), thresholds)  # type: ignore[arg-type]
+        model.load_state_dict(weights(name))
+        return model.eval()
+
+    served: ErrorModel | DirectErrorModel
+    if error_meta.get("served") == "direct":
+        served = DirectErrorModel(DirectErrorConfig(**error_meta["config"]))
+        served.load_state_dict(weights("error_model.pt"))
+        served.eval()
+    else:
+        served = error_model(error_meta["config"], "error_model.pt")
     ood = MahalanobisOOD(int(error_meta["ood"]["features"]))
-    ood.load_state_dict(torch.load(error_dir / "ood.pt", map_location="cpu", weights_only=True))
-    net = TriageNet(classifier.model, ood, error_model).eval()
-    return ExportSources(classifier_dir, error_dir, classifier, error_meta, digest, net)
+    ood.load_state_dict(weights("ood.pt"))
+    if not all((error_dir / name).is_file() for name in EVALUATION_RUN_FILES):
+        net = TriageNet(classifier.model, ood, served).eval()
+        return ExportSources(classifier_dir, error_dir, classifier, error_meta, digest, net)
+    multi = MultiLayerOOD([int(n) for n in error_meta["ood"]["multi_layer"]["group_sizes"]])
+    multi.load_state_dict(weights("ood_multi.pt"))
+    gradcam = error_model(error_meta["gradcam_config"], "gradcam.pt")
+    probs_only = error_model(error_meta["baseline_config"], "probs_only.pt")
+    direct = DirectErrorModel(DirectErrorConfig(**error_meta["direct_config"]))
+    direct.load_state_dict(weights("direct.pt"))
+    net = TriageNet(classifier.model, ood, served, multi).eval()
+    evaluation = EvaluationNet(classifier.model, ood, multi, gradcam, probs_only, direct).eval()
+    return ExportSources(
+        classifier_dir,
+        error_dir,
+        classifier,
+        error_meta,
+        digest,
+        net,
+        evaluation,
+        ErrorHeadNet(gradcam).eval(),
+    )

@@ -57,6 +57,7 @@ class ClassifierTrainingOptions:
     uncertain: Literal["ignore", "ones", "zeros"] = "ignore"
     image_root: Path | None = None
     cam_layer: str = "relu"
+    last_pool: bool = True
     init_weights: Path | None = None
     fold_rgb: bool = False
     reinit_head: bool = False
@@ -122,7 +123,9 @@ def train_classifier(options: ClassifierTrainingOptions) -> dict[str, Any]:
     x_train, x_val = images[: len(train_idx)], images[len(train_idx) :]
     y_train, y_val = table.labels[train_idx], table.labels[val_idx]
 
-    config = config_by_name(options.config, len(table.label_names), 1, options.cam_layer)
+    config = config_by_name(
+        options.config, len(table.label_names), 1, options.cam_layer, options.last_pool
+    )
     model = DenseNet(config)
     if options.init_weights is not None:
         load_weights(  # logs what it loaded, renamed, folded and reinitialised

@@ -57,6 +57,9 @@ class DenseNetConfig:
     in_channels: int = 1
     num_labels: int = 1
     cam_layer: CamLayer = "relu"
+    #: False: the last transition keeps its resolution (no 2x2 pooling), so the last dense block
+    #: and the CAM maps are twice as fine along each axis (8x8 instead of 4x4 at 128 px).
+    last_pool: bool = True
 
     def __post_init__(self) -> None:
         if self.growth_rate < 1 or self.num_init_features < 1 or self.bn_size < 1:
@@ -85,9 +88,16 @@ class DenseNetConfig:
         return n
 
     @property
+    def pools(self) -> int:
+        """Average pools in the transitions (one per transition, less one without last_pool)."""
+        transitions = len(self.block_config) - 1
+        return transitions - (0 if self.last_pool or transitions == 0 else 1)
+
+    @property
     def downsampling(self) -> int:
-        """Input pixels per CAM pixel along each axis (32 for four blocks)."""
-        return int(4 * 2 ** (len(self.block_config) - 1))
+        """Input pixels per CAM pixel along each axis (32 for four blocks, 16 without the last
+        pool)."""
+        return int(4 * 2**self.pools)
 
     def cam_shape(self, height: int, width: int) -> tuple[int, int]:
         """Spatial shape of the CAM maps for an input of ``height`` x ``width`` pixels."""
@@ -95,7 +105,7 @@ class DenseNetConfig:
         # conv0 (k7 s2 p3), pool0 (k3 s2 p1), then floor-halving average pools in transitions.
         h, w = (h - 1) // 2 + 1, (w - 1) // 2 + 1
         h, w = (h - 1) // 2 + 1, (w - 1) // 2 + 1
-        for _ in range(len(self.block_config) - 1):
+        for _ in range(self.pools):
             h, w = h // 2, w // 2
         return h, w
 
@@ -113,9 +123,14 @@ _BY_NAME: dict[str, DenseNetConfig] = {"compact": COMPACT, "densenet121": DENSEN
 
 
 def config_by_name(
-    name: str, num_labels: int, in_channels: int = 1, cam_layer: str = "relu"
+    name: str,
+    num_labels: int,
+    in_channels: int = 1,
+    cam_layer: str = "relu",
+    last_pool: bool = True,
 ) -> DenseNetConfig:
-    """The named architecture (``"compact"`` or ``"densenet121"``) with the given head and input."""
+    """The named architecture (``"compact"`` or ``"densenet121"``) with the given head and input
+    (``last_pool=False``: the last transition does not pool, see :class:`DenseNetConfig`)."""
     try:
         base = _BY_NAME[name.lower()]
     except KeyError:
@@ -129,6 +144,7 @@ def config_by_name(
         num_labels=num_labels,
         in_channels=in_channels,
         cam_layer=cam_layer,
+        last_pool=last_pool,
     )
 
 
@@ -185,16 +201,19 @@ class _DenseBlock(nn.ModuleDict):
 
 
 class _Transition(nn.Sequential):
-    """BN-ReLU-Conv1x1 halving the channels, then 2x2 average pooling."""
+    """BN-ReLU-Conv1x1 halving the channels, then 2x2 average pooling (or none: ``pool=False``
+    keeps the module name with a parameter-free identity, so state dicts are unchanged)."""
 
-    def __init__(self, num_input_features: int, num_output_features: int) -> None:
+    def __init__(
+        self, num_input_features: int, num_output_features: int, pool: bool = True
+    ) -> None:
         super().__init__()
         self.norm = nn.BatchNorm2d(num_input_features)
         self.relu = nn.ReLU(inplace=True)
         self.conv = nn.Conv2d(
             num_input_features, num_output_features, kernel_size=1, stride=1, bias=False
         )
-        self.pool = nn.AvgPool2d(kernel_size=2, stride=2)
+        self.pool: nn.Module = nn.AvgPool2d(kernel_size=2, stride=2) if pool else nn.Identity()
 
 
 class DenseNet(nn.Module):
@@ -240,8 +259,9 @@ class DenseNet(nn.Module):
             self.features.add_module(f"denseblock{i + 1}", block)
             num_features += num_layers * config.growth_rate
             if i != last:
+                pool = config.last_pool or i != last - 1
                 self.features.add_module(
-                    f"transition{i + 1}", _Transition(num_features, num_features // 2)
+                    f"transition{i + 1}", _Transition(num_features, num_features // 2, pool)
                 )
                 num_features //= 2
         self.features.add_module("norm5", nn.BatchNorm2d(num_features))
@@ -274,8 +294,22 @@ class DenseNet(nn.Module):
         activation = self.relu(self.features(x))
         return cast(Tensor, self.classifier(activation.mean(dim=(2, 3))))
 
+    def features_with_taps(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """The ``norm5`` output and the output of every dense block (for the OOD guard and the
+        anatomy head), in one pass through ``features``."""
+        taps: list[Tensor] = []
+        for name, module in self.features.named_children():
+            x = module(x)
+            if name.startswith("denseblock"):
+                taps.append(x)
+        return x, taps
+
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         z = self.features(x)  # norm5 output [B, C, h, w]
+        return self.head(z)
+
+    def head(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``(logits, cams, pooled)`` from the ``norm5`` output ``z`` (see :meth:`forward`)."""
         a = self.relu(z)
         pooled = a.mean(dim=(2, 3))
         logits = self.classifier(pooled)

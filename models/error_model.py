@@ -85,3 +85,50 @@ class ErrorModel(nn.Module):
             features += [self.cam_net(shape), torch.log(peak + _EPS), spread]
         out: Tensor = self.head(torch.cat(features, dim=1))
         return out
+
+
+@dataclass(frozen=True)
+class DirectErrorConfig:
+    """The image-only error predictor (DUP-style): an MLP on the classifier's pooled features."""
+
+    num_features: int
+    num_labels: int
+    hidden: int = 32
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON types."""
+        return asdict(self)
+
+
+class DirectErrorModel(nn.Module):
+    """P(error) straight from the image's representation, without the classifier's outputs.
+
+    Raghu et al. ("Direct uncertainty prediction for medical second opinions", 2019) train a
+    network on the image to predict disagreement directly; here it reads the classifier's
+    global-average-pooled features (what the image looks like to the classifier), standardised
+    by the training split's mean and spread, and returns logits (B, 1 + L) like
+    :class:`ErrorModel`.
+    """
+
+    mean: Tensor
+    scale: Tensor
+
+    def __init__(self, config: DirectErrorConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.register_buffer("mean", torch.zeros(config.num_features))
+        self.register_buffer("scale", torch.ones(config.num_features))
+        self.head = nn.Sequential(
+            nn.Linear(config.num_features, config.hidden),
+            nn.ReLU(),
+            nn.Linear(config.hidden, 1 + config.num_labels),
+        )
+
+    def set_standardisation(self, mean: Tensor, scale: Tensor) -> None:
+        """The features' mean and standard deviation on the training examples."""
+        self.mean.copy_(mean)
+        self.scale.copy_(scale.clamp(min=1e-6))
+
+    def forward(self, pooled: Tensor) -> Tensor:
+        out: Tensor = self.head((pooled - self.mean) / self.scale)
+        return out

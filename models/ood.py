@@ -82,3 +82,85 @@ class MahalanobisOOD(nn.Module):
     def forward(self, pooled: Tensor) -> Tensor:
         centred = pooled - self.mean
         return ((centred @ self.precision) * centred).sum(dim=1)
+
+
+#: The feature groups of the multi-layer guard, in the order of its ``components`` output:
+#: the global average of each dense block's output, the classifier's pooled features (the
+#: single-layer guard's input) and statistics of the preprocessed image itself.
+IMAGE_STATISTICS = (
+    "mean",
+    "std",
+    "skewness",
+    "kurtosis",
+    "edge_x",
+    "edge_y",
+    "noise",
+    "border_minus_centre",
+    "bright_share",
+    "dark_share",
+)
+
+
+def image_statistics(image: Tensor) -> Tensor:
+    """(B, 10) acquisition statistics of a preprocessed batch (B, 1, S, S): intensity moments,
+    mean absolute gradients (sharpness), the high-pass residual's spread (quantum noise), the
+    border's brightness against the centre (collimation), and the shares of pixels beyond two
+    standard deviations (saturation). Plain tensor ops: they export to ONNX."""
+    x = image[:, :1]
+    b = x.shape[0]
+    flat = x.reshape(b, -1)
+    mean = flat.mean(dim=1, keepdim=True)
+    centred = flat - mean
+    var = (centred**2).mean(dim=1, keepdim=True)
+    std = torch.sqrt(var + 1e-12)
+    z = centred / std
+    skew = (z**3).mean(dim=1, keepdim=True)
+    kurt = (z**4).mean(dim=1, keepdim=True)
+    edge_x = (x[:, :, :, 1:] - x[:, :, :, :-1]).abs().mean(dim=(1, 2, 3))[:, None]
+    edge_y = (x[:, :, 1:, :] - x[:, :, :-1, :]).abs().mean(dim=(1, 2, 3))[:, None]
+    smooth = torch.nn.functional.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
+    noise = (x - smooth).reshape(b, -1).std(dim=1, keepdim=True)
+    s = x.shape[-1]
+    k = max(1, s // 12)
+    total = x.sum(dim=(1, 2, 3))
+    inner = x[:, :, k : s - k, k : s - k]
+    inner_sum = inner.sum(dim=(1, 2, 3))
+    border = (total - inner_sum) / float(s * s - inner.shape[-1] * inner.shape[-2])
+    centre = inner_sum / float(inner.shape[-1] * inner.shape[-2])
+    bright = (z > 2.0).to(x.dtype).mean(dim=1, keepdim=True)
+    dark = (z < -2.0).to(x.dtype).mean(dim=1, keepdim=True)
+    return torch.cat(
+        [mean, std, skew, kurt, edge_x, edge_y, noise, (border - centre)[:, None], bright, dark],
+        dim=1,
+    )
+
+
+class MultiLayerOOD(nn.Module):
+    """A Mahalanobis distance per feature group, each divided by its own in-distribution scale,
+    combined by the maximum: ``score = max_g d_g / scale_g``.
+
+    ``scale_g`` is a high percentile of ``d_g`` on images the classifier never trained on, so
+    every group flags at about the same rate by itself and the combined score reacts to any
+    group that leaves its range (a new scanner's noise, contrast or collimation shows in the
+    image statistics and the first blocks even where the last block, which a burned-in marker
+    dominates, looks familiar). ``forward`` returns the combined score and the raw distances.
+    """
+
+    scales: Tensor
+
+    def __init__(self, sizes: list[int]) -> None:
+        super().__init__()
+        self.groups = nn.ModuleList(MahalanobisOOD(n) for n in sizes)
+        self.register_buffer("scales", torch.ones(len(sizes)))
+
+    def set_scales(self, scales: npt.NDArray[np.float64]) -> None:
+        """Per-group divisors (positive)."""
+        self.scales.copy_(torch.as_tensor(np.maximum(scales, 1e-12), dtype=torch.float32))
+
+    def components(self, features: list[Tensor]) -> Tensor:
+        """(B, G) Mahalanobis distance of every group."""
+        return torch.stack([g(f) for g, f in zip(self.groups, features, strict=True)], dim=1)
+
+    def forward(self, features: list[Tensor]) -> tuple[Tensor, Tensor]:
+        parts = self.components(features)
+        return (parts / self.scales).amax(dim=1), parts

@@ -24,6 +24,11 @@ Rules:
 - Missing or unexpected backbone keys and shape mismatches are errors naming the keys. Only
   ``num_batches_tracked`` buffers may be absent (old checkpoints lack them); the model keeps its
   own value for those.
+
+Every refusal is a :class:`WeightsError` (a ``ValueError``). One that an option would lift carries
+that option as a :class:`Remedy`: its message names the keyword argument, and
+:meth:`WeightsError.for_cli` names the command-line flag instead (``--reinit-head``,
+``--fold-rgb``).
 """
 
 from __future__ import annotations
@@ -41,7 +46,16 @@ from torch import Tensor
 from models.densenet import DenseNet
 from triage_common.logging import get_logger
 
-__all__ = ["LoadReport", "SourceFormat", "load_weights", "normalise_state_dict"]
+__all__ = [
+    "FOLD_RGB",
+    "REINIT_HEAD",
+    "LoadReport",
+    "Remedy",
+    "SourceFormat",
+    "WeightsError",
+    "load_weights",
+    "normalise_state_dict",
+]
 
 SourceFormat = Literal["torchvision", "torchvision-legacy", "chexnet"]
 
@@ -53,6 +67,39 @@ _LEGACY = re.compile(
 _WRAPPER_KEYS = ("state_dict", "model_state_dict")
 _HEAD_KEYS = ("classifier.weight", "classifier.bias")
 _SHOW = 5
+
+
+@dataclass(frozen=True)
+class Remedy:
+    """The option that lifts a refusal: as a keyword argument and as a command-line flag."""
+
+    keyword: str
+    flag: str
+    effect: str
+
+
+REINIT_HEAD = Remedy(
+    "head='reinit'", "--reinit-head", "keep the backbone and re-initialise the classifier"
+)
+FOLD_RGB = Remedy("fold_rgb=True", "--fold-rgb", "sum the RGB filters into one grayscale filter")
+
+
+class WeightsError(ValueError):
+    """Weights that cannot be imported as asked (one line; ``remedy`` names what would allow it)."""
+
+    def __init__(self, problem: str, remedy: Remedy | None = None) -> None:
+        self.problem = problem
+        self.remedy = remedy
+        super().__init__(self._text(remedy.keyword if remedy else ""))
+
+    def _text(self, option: str) -> str:
+        if self.remedy is None:
+            return self.problem
+        return f"{self.problem}; pass {option} to {self.remedy.effect}"
+
+    def for_cli(self) -> str:
+        """The message naming the command-line flag instead of the keyword argument."""
+        return self._text(self.remedy.flag if self.remedy else "")
 
 
 @dataclass(frozen=True)
@@ -93,14 +140,16 @@ class LoadReport:
 def _read_source(source: Path | str | Mapping[str, Any]) -> Mapping[str, Any]:
     if isinstance(source, str | Path):
         path = Path(source)
+        if not path.is_file():
+            raise WeightsError(f"{path} does not exist or is not a file")
         try:
             loaded = torch.load(path, map_location="cpu", weights_only=True)
         except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
-            raise ValueError(
+            raise WeightsError(
                 f"cannot read {path} as a weights-only torch checkpoint: {exc}"
             ) from exc
         if not isinstance(loaded, Mapping):
-            raise ValueError(f"{path} holds a {type(loaded).__name__}, not a state dict")
+            raise WeightsError(f"{path} holds a {type(loaded).__name__}, not a state dict")
         return loaded
     return source
 
@@ -132,17 +181,19 @@ def _normalise(raw: Mapping[str, Any]) -> _Normalised:
     state = _unwrap(raw)
     anchors = [k for k in state if isinstance(k, str) and k.endswith(_ANCHOR)]
     if len(anchors) != 1:
-        raise ValueError(
+        raise WeightsError(
             f"not a DenseNet state dict: expected exactly one key ending in {_ANCHOR!r}, "
             f"found {len(anchors)}; keys start with: {_names(list(state)[:_SHOW])}"
         )
     prefix = anchors[0][: -len(_ANCHOR)]
     outside = [k for k in state if not str(k).startswith(prefix)]
     if outside:
-        raise ValueError(f"keys outside the common prefix {prefix!r}: {_names(map(str, outside))}")
+        raise WeightsError(
+            f"keys outside the common prefix {prefix!r}: {_names(map(str, outside))}"
+        )
     not_tensors = [k for k, v in state.items() if not isinstance(v, Tensor)]
     if not_tensors:
-        raise ValueError(f"state dict entries that are not tensors: {_names(not_tensors)}")
+        raise WeightsError(f"state dict entries that are not tensors: {_names(not_tensors)}")
 
     out: dict[str, Tensor] = {}
     renamed = 0
@@ -153,7 +204,7 @@ def _normalise(raw: Mapping[str, Any]) -> _Normalised:
             name = match.group(1) + match.group(2)
             renamed += 1
         if name in out:
-            raise ValueError(f"two source keys map to {name!r}")
+            raise WeightsError(f"two source keys map to {name!r}")
         out[name] = value
 
     chexnet_head = False
@@ -161,7 +212,7 @@ def _normalise(raw: Mapping[str, Any]) -> _Normalised:
         old, new = f"classifier.0.{suffix}", f"classifier.{suffix}"
         if old in out:
             if new in out:
-                raise ValueError(f"source has both {old!r} and {new!r}")
+                raise WeightsError(f"source has both {old!r} and {new!r}")
             out[new] = out.pop(old)
             chexnet_head = True
 
@@ -189,7 +240,7 @@ def load_weights(
 ) -> LoadReport:
     """Load ``source`` into ``model`` in place, following the module docstring's rules."""
     if head not in ("refuse", "reinit"):
-        raise ValueError(f"head must be 'refuse' or 'reinit', got {head!r}")
+        raise WeightsError(f"head must be 'refuse' or 'reinit', got {head!r}")
     norm = _normalise(_read_source(source))
     src = norm.state
     target = model.state_dict()
@@ -208,7 +259,7 @@ def load_weights(
             parts.append(f"{len(missing)} missing backbone keys: {_names(missing)}")
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected keys: {_names(unexpected)}")
-        raise ValueError(
+        raise WeightsError(
             f"source ({norm.source_format}) does not match the model architecture "
             f"({model.config}): " + "; ".join(parts)
         )
@@ -220,7 +271,7 @@ def load_weights(
         if key == "features.conv0.weight" and value.shape != want.shape:
             value, folded = _fold_conv0(value, want, fold_rgb)
         if value.shape != want.shape:
-            raise ValueError(
+            raise WeightsError(
                 f"shape mismatch for {key}: source {tuple(value.shape)}, model {tuple(want.shape)}"
             )
         new_state[key] = value
@@ -230,23 +281,23 @@ def load_weights(
     if has_head:
         weight = src["classifier.weight"]
         if weight.ndim != 2 or weight.shape[1] != model.num_features:
-            raise ValueError(
+            raise WeightsError(
                 f"source classifier.weight has shape {tuple(weight.shape)}; the model's "
                 f"head reads {model.num_features} features"
             )
         source_labels = int(weight.shape[0])
     elif any(k in src for k in _HEAD_KEYS):
-        raise ValueError(
+        raise WeightsError(
             f"source has only part of the classifier: {_names(set(src) & set(_HEAD_KEYS))}"
         )
 
     reinit = not has_head or source_labels != model_labels
     if reinit and head == "refuse":
         found = "no classifier" if source_labels is None else f"{source_labels} labels"
-        raise ValueError(
+        raise WeightsError(
             f"label-count mismatch: the source head has {found}, the model has "
-            f"{model_labels} labels; pass head='reinit' to keep the backbone and "
-            "re-initialise the classifier"
+            f"{model_labels} labels",
+            REINIT_HEAD,
         )
     if not reinit:
         for key in _HEAD_KEYS:
@@ -285,14 +336,13 @@ def _fold_conv0(value: Tensor, want: Tensor, fold_rgb: bool) -> tuple[Tensor, bo
     src_ch, model_ch = value.shape[1] if value.ndim == 4 else -1, want.shape[1]
     if value.ndim == 4 and src_ch == 3 and model_ch == 1 and value.shape[0] == want.shape[0]:
         if not fold_rgb:
-            raise ValueError(
-                "features.conv0.weight has 3 input channels but the model takes 1; pass "
-                "fold_rgb=True to sum the RGB filters into one grayscale filter"
+            raise WeightsError(
+                "features.conv0.weight has 3 input channels but the model takes 1", FOLD_RGB
             )
         return value.to(want.dtype).sum(dim=1, keepdim=True), True
     if value.ndim == 4 and src_ch != model_ch:
-        raise ValueError(
+        raise WeightsError(
             f"features.conv0.weight has {src_ch} input channels but the model takes "
-            f"{model_ch}; only 3 -> 1 can be folded (fold_rgb=True)"
+            f"{model_ch}; only 3 channels can be folded into 1"
         )
     return value, False

@@ -218,10 +218,67 @@ class DecodeConfig:
     """DICOM decoding limits and reduced-resolution reading."""
 
     max_pixels: int = knob(
-        100_000_000,
+        40_000_000,
         "Largest Rows x Columns x SamplesPerPixel x NumberOfFrames of an instance, checked from "
-        "the header before any pixel buffer is allocated.",
+        "the header before any pixel buffer is allocated. The model reads S x S pixels; the "
+        "largest chest detectors are about 4,300 x 4,300 (18.5 M), so 40 M leaves twice that "
+        "and refuses decompression bombs that declare more.",
         at_least(1),
+    )
+    max_aspect_ratio: float = knob(
+        4.0,
+        "Largest ratio of the longer image side to the shorter one of an image above 1 M "
+        "pixels, checked from the header (chest films are about 1.2; a header declaring "
+        "255 x 65535 is a decompression bomb).",
+        at_least(1.0),
+    )
+    max_compression_ratio: float = knob(
+        250.0,
+        "Largest ratio of the decoded size an image above 1 M pixels declares to the bytes of "
+        "its compressed pixel data (JPEG, JPEG-LS, JPEG 2000, RLE), checked from the header: "
+        "radiographs compress about 2:1 lossless and 10-50:1 lossy; a 32 KB JPEG declaring "
+        "6000 x 6000 pixels (1,100:1) is a decompression bomb.",
+        at_least(1.0),
+    )
+    max_inflated_bytes: int = knob(
+        256 * 1024 * 1024,
+        "Largest data set a Deflated Explicit VR file may inflate to; the stream is inflated in "
+        "steps and refused as soon as it passes this, before anything is parsed.",
+        at_least(1024),
+        shown="`268435456` (256 MiB)",
+    )
+    workers: int = knob(
+        0,
+        "Decode worker processes: every instance is parsed and its pixel data decoded there, "
+        "under the memory and time limits below, so a decoder that crashes, hangs or bloats on "
+        "hostile data is killed and replaced without touching the server (0: automatic, one "
+        "per usable core, at most 4).",
+        between(0, 64),
+    )
+    worker_memory_mb: int = knob(
+        768,
+        "Address-space limit of a decode worker (RLIMIT_AS), libraries and arenas included "
+        "(about 200 MiB); a decode that needs more gets INVALID_ARGUMENT naming the limit.",
+        at_least(256),
+    )
+    worker_seconds: float = knob(
+        2.0,
+        "Wall-clock limit of one study's decode in a worker; past it the worker is killed and "
+        "replaced and the call gets INVALID_ARGUMENT naming the limit (a shorter client deadline "
+        "gives DEADLINE_EXCEEDED).",
+        above(0),
+    )
+    worker_max_tasks: int = knob(
+        1000,
+        "Studies a decode worker decodes before it is replaced by a fresh one (memory it holds "
+        "goes back to the system).",
+        at_least(1),
+    )
+    in_process: bool = knob(
+        False,
+        "Decode in the request threads instead of the worker processes: no memory or time "
+        "limit and no crash isolation. Only for trusted input (benchmarks of the floor, "
+        "debugging).",
     )
     reduce: bool = knob(
         True,
@@ -326,10 +383,15 @@ class PolicyConfig:
         "Lower bound of a per-request override (outside: INVALID_ARGUMENT).",
         probability,
     )
-    max_defer_cost: float = knob(
-        1.0,
-        "Upper bound of a per-request override (outside: INVALID_ARGUMENT).",
+    max_defer_cost: float | None = knob(
+        None,
+        "Upper bound of a per-request override (outside: INVALID_ARGUMENT). Unset: the cost in "
+        "force (the calibrated policy's, `policy.defer_cost` or the bundle's), so a client may "
+        "defer more but never auto-report more than the deployment does. Setting it above that "
+        "cost lets clients switch deferral down; the server logs `defer_cost_bounds_widened` at "
+        "start-up and on every policy reload.",
         probability,
+        shown="unset: the cost in force",
     )
     file: str = knob(
         "",
@@ -364,7 +426,9 @@ class SecurityConfig:
     )
     tokens_file: str = knob(
         "",
-        "File with one accepted token per line (added to `security.tokens`).",
+        "File of accepted tokens (added to `security.tokens`), one per line: `TOKEN`, or "
+        "`NAME TOKEN` to name its holder (results and the audit record callers by that name; "
+        "an unnamed token by `#` and 8 hex digits of its sha256).",
         file_exists,
     )
     auth_health: bool = knob(
@@ -379,13 +443,24 @@ class SecurityConfig:
 
     def all_tokens(self) -> tuple[str, ...]:
         """Inline tokens plus those of ``tokens_file`` (blank lines and ``#`` comments skipped)."""
-        tokens = list(self.tokens)
+        return tuple(token for _, token in self.named_tokens())
+
+    def named_tokens(self) -> tuple[tuple[str, str], ...]:
+        """``(name, token)`` of every accepted token; the name is "" for an unnamed one."""
+        named = [("", token) for token in self.tokens]
         if self.tokens_file:
-            for line in Path(self.tokens_file).read_text().splitlines():
-                line = line.strip()
-                if line and not line.startswith("#"):
-                    tokens.append(line)
-        return tuple(tokens)
+            lines = Path(self.tokens_file).read_text().splitlines()
+            for number, line in enumerate(lines, start=1):
+                fields = line.split()
+                if not fields or fields[0].startswith("#"):
+                    continue
+                if len(fields) > 2:
+                    raise ValueError(
+                        f"security.tokens_file {self.tokens_file}:{number}: expected TOKEN or "
+                        "NAME TOKEN"
+                    )
+                named.append(("", fields[0]) if len(fields) == 1 else (fields[0], fields[1]))
+        return tuple(named)
 
 
 @dataclass(frozen=True)
@@ -406,7 +481,9 @@ class WorklistConfig:
         "worklist.db",
         "SQLite file of the worklist (WAL, synchronous FULL); a result is acknowledged to the "
         "client only after it is committed there. The same study sent again with the same "
-        "bundle returns the stored result (`replayed`) and adds no item. An empty path turns "
+        "decision inputs (bundle, policy version, defer cost) returns the stored result "
+        "(`replayed`) and adds nothing; other inputs re-triage it (see the README's worklist "
+        "section). Migrated to the current schema version at start-up. An empty path turns "
         "the worklist off (results are neither stored nor idempotent: for benchmarks and tests "
         "of the triage path only; a warning is logged at start-up).",
     )
@@ -758,12 +835,15 @@ def _field_problems(config: ServiceConfig) -> Iterator[Problem]:
 
 def _defer_cost_rules(policy: PolicyConfig) -> Iterator[Problem]:
     low, high = policy.min_defer_cost, policy.max_defer_cost
-    if not low <= high:
+    if high is not None and not low <= high:
         yield "policy.min_defer_cost", low, f"must not exceed policy.max_defer_cost ({high})"
     cost = policy.defer_cost
-    if cost is not None and not low <= cost <= high:
-        bounds = f"[policy.min_defer_cost, policy.max_defer_cost] = [{low}, {high}]"
-        yield "policy.defer_cost", cost, f"must lie within {bounds}"
+    if cost is not None and not low <= cost <= (cost if high is None else high):
+        if high is None:
+            yield "policy.defer_cost", cost, f"must not be below policy.min_defer_cost ({low})"
+        else:
+            bounds = f"[policy.min_defer_cost, policy.max_defer_cost] = [{low}, {high}]"
+            yield "policy.defer_cost", cost, f"must lie within {bounds}"
 
 
 def _tls_rules(security: SecurityConfig) -> Iterator[Problem]:

@@ -1,11 +1,12 @@
 """The one place where the stages are wired, in the one direction data flows.
 
     prepare    instances (bytes)
-      -> decode.read_header        every instance, no pixels; limits checked from the header
-      -> eligibility               one StudyInstanceUID; the frontal chest image; the rest ignored
       -> policy.cost_for           the request's defer cost (override checked against bounds)
-      -> decode.decode_instance    pixels of the chosen image -> display image in [0, 1]
-      -> preprocess                triage_common.preprocess (the one canonical preprocessing)
+      -> decoder                   in a decode worker process (stages.decode_pool), study.py:
+           header.read_header      every instance, no pixels; budgets checked from the header
+           eligibility             one StudyInstanceUID; the frontal chest image; the rest ignored
+           decode.decode_instance  pixels of the chosen image -> display image in [0, 1]
+           preprocess              triage_common.preprocess (the one canonical preprocessing)
     infer
       -> batcher                   micro-batched inference on the bundle's graph
     conclude
@@ -32,21 +33,18 @@ import numpy as np
 import numpy.typing as npt
 
 from service.bundle import Bundle
-from service.config import DecodeConfig, EligibilityConfig
 from service.core.enums import DeferReason
 from service.core.errors import Cancelled, DeadlineExceeded
 from service.core.types import (
-    DecodedImage,
+    DecodedStudy,
     FindingResult,
     ModelOutput,
     PolicyDecision,
-    Selection,
     StudyResult,
     Timings,
 )
 from service.stages.batcher import MicroBatcher
-from service.stages.decode import DecodeOptions, decode_instance, read_header
-from service.stages.eligibility import select_frontal, study_uid
+from service.stages.decode_pool import InstanceBytes, StudyDecoder
 from service.stages.overlay import base_image, overlay_png
 from service.stages.policy import Policy, PolicySource, decide
 from service.stages.routing import Router, RoutingInput, route
@@ -86,19 +84,23 @@ class RequestTrace:
     box: int = 1
     ignored: int = 0
     notes: tuple[str, ...] = ()
+    cpu_ms: dict[str, float] = field(default_factory=dict)  # CPU per step where it ran
+    site: str = ""  # InstitutionName of the chosen image (per-site monitoring; never logged)
 
 
 @dataclass(frozen=True)
 class Prepared:
-    """A study made ready for the model: what was chosen, decoded and fed, and its policy."""
+    """A study made ready for the model, with the policy and cost the request was given."""
 
-    study_instance_uid: str
-    selection: Selection
-    decoded: DecodedImage
-    image: F32  # (1, S, S), the model input
+    study: DecodedStudy
     policy: Policy
     defer_cost: float
     started: float  # time.perf_counter() when preparation began
+
+    @property
+    def image(self) -> F32:
+        """The model input ``(1, S, S)``."""
+        return self.study.image
 
 
 class TriagePipeline:
@@ -109,17 +111,15 @@ class TriagePipeline:
         bundle: Bundle,
         batcher: MicroBatcher,
         policy: PolicySource,
+        decoder: StudyDecoder,
         *,
-        decode: DecodeConfig,
-        eligibility: EligibilityConfig,
         router: Router = route,
     ) -> None:
         self.bundle = bundle
         self.batcher = batcher
         self.policy = policy
-        self.eligibility = eligibility
+        self.decoder = decoder
         self.router = router
-        self.decode_options = DecodeOptions.from_config(decode, bundle.spec.size)
 
     @staticmethod
     def _check(options: RequestOptions, stage: str) -> None:
@@ -129,7 +129,7 @@ class TriagePipeline:
             raise Cancelled(f"the client cancelled the call before {stage}")
 
     def run(
-        self, instances: Sequence[bytes], options: RequestOptions, trace: RequestTrace
+        self, instances: Sequence[InstanceBytes], options: RequestOptions, trace: RequestTrace
     ) -> StudyResult:
         """Triage one study; raises :mod:`service.core.errors` exceptions."""
         prepared = self.prepare(instances, options, trace)
@@ -139,33 +139,29 @@ class TriagePipeline:
     # -- prepare -----------------------------------------------------------------------------
 
     def prepare(
-        self, instances: Sequence[bytes], options: RequestOptions, trace: RequestTrace
+        self, instances: Sequence[InstanceBytes], options: RequestOptions, trace: RequestTrace
     ) -> Prepared:
-        """Headers, eligibility, the request's cost, the chosen image decoded and preprocessed."""
+        """The request's cost, then the study decoded and preprocessed by the decoder."""
         start = time.perf_counter()
         trace.instances = len(instances)
-        trace.bytes = sum(len(b) for b in instances)
-
-        max_pixels = self.decode_options.max_pixels
-        headers = [read_header(data, i, max_pixels) for i, data in enumerate(instances)]
-        uid = study_uid(headers)
-        trace.study_hash = hash_uid(uid)
-        selection = select_frontal(headers, self.eligibility)
-        trace.ignored, trace.notes = len(selection.ignored), selection.notes
+        trace.bytes = sum(
+            len(i) if isinstance(i, bytes) else sum(len(c) for c in i) for i in instances
+        )
         policy = self.policy.current()
         cost = policy.cost_for(options.defer_cost)
         self._check(options, "decoding")
-
-        chosen = selection.chosen
-        decoded = decode_instance(instances[chosen.index], chosen, self.decode_options)
-        trace.reduce_level, trace.box = decoded.reduce_level, decoded.box
-        t_decode = time.perf_counter()
-        trace.stages_ms["decode"] = (t_decode - start) * 1000.0
-        self._check(options, "preprocessing")
-
-        image = self.preprocess(decoded.display)
-        trace.stages_ms["preprocess"] = (time.perf_counter() - t_decode) * 1000.0
-        return Prepared(uid, selection, decoded, image, policy, cost, start)
+        study = self.decoder.decode(
+            instances, want_display=options.include_overlay, deadline=options.deadline
+        )
+        trace.study_hash = hash_uid(study.study_instance_uid)
+        trace.ignored, trace.notes = len(study.selection.ignored), study.selection.notes
+        trace.reduce_level, trace.box = study.reduce_level, study.box
+        wall_ms = (time.perf_counter() - start) * 1000.0
+        preprocess_ms = study.cpu_ms.get("preprocess", 0.0)
+        trace.stages_ms["decode"] = max(0.0, wall_ms - preprocess_ms)
+        trace.stages_ms["preprocess"] = preprocess_ms
+        trace.cpu_ms.update(study.cpu_ms)
+        return Prepared(study, policy, cost, start)
 
     def preprocess(self, display: F32) -> F32:
         """The canonical preprocessing of the bundle for one display image: ``(1, S, S)``."""
@@ -207,9 +203,10 @@ class TriagePipeline:
         """Decision, findings and routing: the study's result."""
         t_post = time.perf_counter()
         decision = decide(output.p_error, output.ood_score, prepared.policy, prepared.defer_cost)
-        display = prepared.decoded.display if options.include_overlay else None
+        study = prepared.study
+        display = study.display if options.include_overlay else None
         findings = self._findings(output, display)
-        chosen = prepared.selection.chosen
+        chosen = study.selection.chosen
         worklist, priority = self.router(
             routing_input(decision, findings, chosen.institution, options, chosen.modality)
         )
@@ -218,8 +215,9 @@ class TriagePipeline:
         trace.decision = decision.decision.name
         trace.reasons = tuple(r.name for r in decision.reasons)
         trace.p_error = decision.p_error
+        trace.site = chosen.institution
         return StudyResult(
-            study_instance_uid=prepared.study_instance_uid,
+            study_instance_uid=study.study_instance_uid,
             sop_instance_uid=chosen.sop_instance_uid,
             decision=decision.decision,
             defer_reasons=decision.reasons,
@@ -231,7 +229,7 @@ class TriagePipeline:
             policy_version=decision.policy_version,
             findings=findings,
             model_version=self.bundle.bundle_id,
-            ignored=prepared.selection.ignored,
+            ignored=study.selection.ignored,
             timings=Timings(
                 decode_ms=trace.stages_ms["decode"],
                 preprocess_ms=trace.stages_ms["preprocess"],

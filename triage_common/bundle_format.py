@@ -1,8 +1,11 @@
 """The model bundle's on-disk format, shared by the exporter (writes) and the service (reads).
 
 A bundle is a directory holding the ONNX file(s) and ``manifest.json``. The manifest lists the
-sha256 of every file; the bundle id is a sha256 prefix over the manifest's canonical JSON (with
-the ``bundle_id`` key itself left out), so any change to a file or to the metadata changes it.
+sha256 of every file. The bundle id is a sha256 prefix over the canonical JSON of the manifest's
+content keys (:data:`ID_KEYS`: the files' hashes and every field the service decides with), so
+any change to a file or to a decision-relevant field changes it, while provenance (the export
+time, the runs' paths and metrics, library versions) and the measured parity do not: the same
+runs exported twice give the same id. Format 1 manifests (id over the whole manifest) still read.
 """
 
 from __future__ import annotations
@@ -13,7 +16,25 @@ from pathlib import Path
 from typing import Any
 
 MANIFEST = "manifest.json"
-BUNDLE_FORMAT = "cxr-triage/bundle/1"
+BUNDLE_FORMAT = "cxr-triage/bundle/2"
+#: Formats :func:`read_manifest` accepts (1: the bundle id covers the whole manifest).
+READABLE_FORMATS = ("cxr-triage/bundle/1", BUNDLE_FORMAT)
+#: The manifest keys the bundle id of a format-2 manifest covers.
+ID_KEYS = (
+    "format",
+    "model",
+    "labels",
+    "input",
+    "outputs",
+    "preprocess",
+    "thresholds",
+    "threshold_rule",
+    "cam",
+    "error_model",
+    "ood",
+    "defer_cost",
+    "files",
+)
 BUNDLE_ID_HEX = 16
 
 # The bundle's ONNX graph, defined once for the exporter, the service and its batcher: the
@@ -47,8 +68,11 @@ def canonical_json(payload: dict[str, Any]) -> bytes:
 
 
 def compute_bundle_id(manifest: dict[str, Any]) -> str:
-    """sha256 prefix over the manifest without its ``bundle_id`` key."""
-    body = {k: v for k, v in manifest.items() if k != "bundle_id"}
+    """sha256 prefix over the manifest's :data:`ID_KEYS` (format 1: all keys but the id)."""
+    if manifest.get("format") == BUNDLE_FORMAT:
+        body = {k: manifest[k] for k in ID_KEYS if k in manifest}
+    else:
+        body = {k: v for k, v in manifest.items() if k != "bundle_id"}
     return hashlib.sha256(canonical_json(body)).hexdigest()[:BUNDLE_ID_HEX]
 
 
@@ -64,7 +88,7 @@ def read_manifest(bundle: Path) -> dict[str, Any]:
         manifest: dict[str, Any] = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise BundleError(f"{path} is not valid JSON: {exc}") from exc
-    if manifest.get("format") != BUNDLE_FORMAT:
+    if manifest.get("format") not in READABLE_FORMATS:
         raise BundleError(f"{path}: unsupported format {manifest.get('format')!r}")
     files = manifest.get("files")
     if not isinstance(files, dict) or not files:

@@ -64,6 +64,8 @@ class ImageTable:
     true_labels: npt.NDArray[np.float64] | None = None  # a phantom's noise-free ``_true``
     severity: npt.NDArray[np.float64] | None = None
     portable: npt.NDArray[np.float64] | None = None
+    sexes: tuple[str, ...] = ()  # a phantom's PatientSex per row (F/M), when labels.csv has it
+    ages: npt.NDArray[np.float64] | None = None  # age in years at the study, when it has it
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -96,6 +98,8 @@ class ImageTable:
             true_labels=opt(self.true_labels),
             severity=opt(self.severity),
             portable=opt(self.portable),
+            sexes=pick(self.sexes) if self.sexes else (),
+            ages=opt(self.ages),
         )
 
 
@@ -175,6 +179,8 @@ def load_phantoms(
         true_labels=extra(truth_column),
         severity=extra(severity_column),
         portable=np.array([float(r.get("portable", "nan") or "nan") for r in rows]),
+        sexes=tuple(r["sex"] for r in rows) if "sex" in columns else (),
+        ages=np.array([float(r["age"]) for r in rows]) if "age" in columns else None,
     )
 
 

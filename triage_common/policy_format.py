@@ -3,6 +3,18 @@
 It holds the defer cost, the P(error) recalibration map, the OOD threshold, the operating point
 the cost was chosen at, a summary of the calibration data, the date, and the bundle id it was
 calibrated for (the service refuses a policy made for another bundle).
+
+Format 2 (``cxr-triage/policy/2``, written since the calibration guard-rails) adds:
+
+* ``guard_rails``: the minimums the set passed, the sensitivity for each critical finding among
+  the auto-reported studies with its sample size and interval, the floor, and any ``--allow``
+  flag that let a policy under the floor be written;
+* ``monitoring`` (:class:`MonitoringReference`): per site of the calibration set (and ``all``),
+  the share deferred and flagged OOD at the chosen cost and the histogram of the recalibrated
+  P(error) over :data:`P_ERROR_BINS`: what the service's drift metrics and ``triage monitor``
+  compare production against.
+
+Format 1 files still load (without those two blocks); other formats are refused.
 """
 
 from __future__ import annotations
@@ -19,7 +31,11 @@ import numpy.typing as npt
 from triage_common.atomic import atomic_write_text
 from triage_common.bundle_format import BUNDLE_ID_HEX, canonical_json
 
-POLICY_FORMAT = "cxr-triage/policy/1"
+POLICY_FORMAT = "cxr-triage/policy/2"
+#: Formats this reader accepts (the first lacks ``guard_rails`` and ``monitoring``).
+READABLE_FORMATS = ("cxr-triage/policy/1", POLICY_FORMAT)
+#: Edges of the P(error) histogram the policy carries for drift monitoring (20 equal bins).
+P_ERROR_BINS: tuple[float, ...] = tuple(round(i / 20, 2) for i in range(21))
 #: P(error) values are clipped to [eps, 1 - eps] before a map is applied.
 RECALIBRATION_EPS = 1e-6
 F64 = npt.NDArray[np.float64]
@@ -75,6 +91,69 @@ class PolicyFileError(ValueError):
     """The policy file is missing, malformed, or made for another bundle."""
 
 
+def p_error_histogram(p_error: npt.ArrayLike) -> list[int]:
+    """Counts of P(error) values in the bins of :data:`P_ERROR_BINS` (1.0 in the last bin;
+    NaN values are left out)."""
+    q = np.asarray(p_error, dtype=np.float64)
+    q = q[np.isfinite(q)]
+    counts, _ = np.histogram(np.clip(q, 0.0, 1.0), bins=np.asarray(P_ERROR_BINS))
+    return [int(c) for c in counts]
+
+
+@dataclass(frozen=True)
+class MonitoringReference:
+    """The calibration set's expectations production is compared with, per group (``all`` and
+    each site of the set): studies, deferral and OOD rates at ``defer_cost``, and P(error)
+    histogram counts over :data:`P_ERROR_BINS`."""
+
+    defer_cost: float
+    studies: dict[str, int]
+    deferral_rate: dict[str, float]
+    ood_rate: dict[str, float]
+    p_error_histogram: dict[str, list[int]]
+    bins: tuple[float, ...] = P_ERROR_BINS
+
+    @property
+    def sites(self) -> tuple[str, ...]:
+        """The calibration set's sites (the groups other than ``all``)."""
+        return tuple(name for name in self.studies if name != "all")
+
+    def group(self, site: str) -> str:
+        """The group a production study of ``site`` is compared with: its own site when the
+        calibration set had it, else ``all``."""
+        return site if site in self.studies and site != "all" else "all"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON types."""
+        return {
+            "defer_cost": self.defer_cost,
+            "bins": list(self.bins),
+            "studies": dict(self.studies),
+            "deferral_rate": dict(self.deferral_rate),
+            "ood_rate": dict(self.ood_rate),
+            "p_error_histogram": {k: list(v) for k, v in self.p_error_histogram.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> MonitoringReference:
+        """Inverse of :meth:`to_dict`, validated."""
+        bins = tuple(float(b) for b in data["bins"])
+        hist = {str(k): [int(c) for c in v] for k, v in dict(data["p_error_histogram"]).items()}
+        if len(bins) < 2 or any(len(v) != len(bins) - 1 for v in hist.values()):
+            raise ValueError("monitoring: each P(error) histogram needs one count per bin")
+        studies = {str(k): int(v) for k, v in dict(data["studies"]).items()}
+        if "all" not in studies:
+            raise ValueError("monitoring: the reference lacks the 'all' group")
+        return cls(
+            defer_cost=float(data["defer_cost"]),
+            studies=studies,
+            deferral_rate={str(k): float(v) for k, v in dict(data["deferral_rate"]).items()},
+            ood_rate={str(k): float(v) for k, v in dict(data["ood_rate"]).items()},
+            p_error_histogram=hist,
+            bins=bins,
+        )
+
+
 @dataclass(frozen=True)
 class CalibratedPolicy:
     """What the service applies from a calibration."""
@@ -88,11 +167,15 @@ class CalibratedPolicy:
     operating_point: dict[str, Any] = field(default_factory=dict)
     data: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+    guard_rails: dict[str, Any] = field(default_factory=dict)
+    monitoring: MonitoringReference | None = None
+    format: str = POLICY_FORMAT
 
     def body(self) -> dict[str, Any]:
-        """The JSON body without the policy id."""
-        return {
-            "format": POLICY_FORMAT,
+        """The JSON body without the policy id (a format-1 file's body has no new keys, so its
+        id still checks)."""
+        body: dict[str, Any] = {
+            "format": self.format,
             "bundle_id": self.bundle_id,
             "created": self.created,
             "defer_cost": self.defer_cost,
@@ -103,6 +186,10 @@ class CalibratedPolicy:
             "data": self.data,
             "metrics": self.metrics,
         }
+        if self.format != READABLE_FORMATS[0]:
+            body["guard_rails"] = self.guard_rails
+            body["monitoring"] = None if self.monitoring is None else self.monitoring.to_dict()
+        return body
 
     @property
     def policy_id(self) -> str:
@@ -125,9 +212,13 @@ def read_policy(path: Path, bundle_id: str | None = None) -> CalibratedPolicy:
         raise PolicyFileError(f"policy file {path} does not exist") from None
     except json.JSONDecodeError as exc:
         raise PolicyFileError(f"policy file {path} is not valid JSON: {exc}") from exc
-    if data.get("format") != POLICY_FORMAT:
-        raise PolicyFileError(f"policy file {path}: unsupported format {data.get('format')!r}")
+    if data.get("format") not in READABLE_FORMATS:
+        raise PolicyFileError(
+            f"policy file {path}: unsupported format {data.get('format')!r} (this version reads "
+            f"{', '.join(READABLE_FORMATS)}; recalibrate with `triage calibrate`)"
+        )
     try:
+        monitoring = data.get("monitoring")
         policy = CalibratedPolicy(
             bundle_id=str(data["bundle_id"]),
             defer_cost=float(data["defer_cost"]),
@@ -138,6 +229,9 @@ def read_policy(path: Path, bundle_id: str | None = None) -> CalibratedPolicy:
             operating_point=dict(data.get("operating_point", {})),
             data=dict(data.get("data", {})),
             metrics=dict(data.get("metrics", {})),
+            guard_rails=dict(data.get("guard_rails", {})),
+            monitoring=None if monitoring is None else MonitoringReference.from_dict(monitoring),
+            format=str(data["format"]),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise PolicyFileError(f"policy file {path}: {type(exc).__name__}: {exc}") from exc

@@ -49,6 +49,11 @@ COMMANDS: tuple[Command, ...] = (
         ("train", "error-model"), "models.apps.train_error_model", "train the Grad-CAM error model"
     ),
     Command(("bench", "synth"), "models.apps.bench_synth", "phantom rendering speed (studies/s)"),
+    Command(
+        ("bench", "error-levers"),
+        "models.apps.bench_error_levers",
+        "what the Grad-CAM maps add to the error model, lever by lever",
+    ),
     Command(("export", "onnx"), "export.apps.onnx", "export the runs as an ONNX model bundle"),
     Command(("export", "tensorrt"), "export.apps.tensorrt", "build TensorRT engines from a bundle"),
     Command(("export", "triton"), "export.apps.triton", "write a Triton model repository"),
@@ -64,6 +69,11 @@ COMMANDS: tuple[Command, ...] = (
         ("calibrate",),
         "triage_tools.apps.calibrate",
         "choose the defer cost on labelled data and write the policy file",
+    ),
+    Command(
+        ("monitor",),
+        "triage_tools.apps.monitor",
+        "summarise a worklist export per site against the policy's expectation",
     ),
     Command(
         ("evaluate",),
@@ -82,6 +92,11 @@ COMMANDS: tuple[Command, ...] = (
     ),
     Command(
         ("worklist",), "triage_tools.apps.worklist", "list, claim, release, complete, export items"
+    ),
+    Command(
+        ("bench", "certificate"),
+        "triage_tools.apps.bench_certificate",
+        "does the certified risk hold on fresh test sets (calibration/test pairs)",
     ),
     Command(
         ("bench", "durability"), "triage_tools.apps.bench_durability", "SIGKILL the server, audit"

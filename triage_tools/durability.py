@@ -7,8 +7,9 @@ store is audited:
 
 - every study a client saw acknowledged is in the worklist exactly once (``lost``,
   ``duplicated``);
-- every item of an unacknowledged study is whole: its stored result parses and its audit
-  history starts with ``queued`` (``half_written``);
+- every item of an unacknowledged study is whole: its stored result parses, its audit
+  history starts with ``queued`` and its last audit entry's snapshot is the item as stored
+  (state, priority, result), written in the same transaction (``half_written``);
 - re-sending an acknowledged study after the restart replays the stored result and adds no
   item (``replay_failures``).
 
@@ -155,9 +156,15 @@ def run_round(
         result.duplicated = sum(1 for n in per_study.values() if n > 1)
         for item in items:
             history = store.history(item.item_id)
+            last = history[-1].item if history else None
             try:
                 triage_pb2.TriageResult.FromString(item.result)
-                whole = bool(history) and history[0].action == "queued"
+                whole = (
+                    history[0].action == "queued"
+                    and last is not None
+                    and (last.state, last.priority, last.result)
+                    == (item.state, item.priority, item.result)
+                )
             except Exception:  # a result that does not parse is half-written
                 whole = False
             result.half_written += not whole

@@ -54,6 +54,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default="relu",
         help="Grad-CAM layer: the final ReLU or norm5 (relu)",
     )
+    parser.add_argument(
+        "--no-last-pool",
+        action="store_true",
+        help="the last transition does not pool: the last dense block and the Grad-CAM maps are "
+        "twice as fine along each axis (8x8 instead of 4x4 at 128 px), at more compute",
+    )
     parser.add_argument("--init-weights", type=Path, default=None, help="torchvision/CheXNet file")
     parser.add_argument("--fold-rgb", action="store_true", help="fold a 3-channel conv0 to 1")
     parser.add_argument(
@@ -67,8 +73,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Train and write the run; returns the exit status."""
+    """Train and write the run; returns the exit status (2: weights that cannot be imported)."""
+    import sys
+
     from models.classifier_loop import ClassifierTrainingOptions, train_classifier
+    from models.weights import WeightsError
+
+    prog = "triage train classifier"
+    if args.init_weights is not None and not args.init_weights.is_file():
+        print(f"{prog}: --init-weights {args.init_weights}: file does not exist", file=sys.stderr)
+        return 2
 
     options = ClassifierTrainingOptions(
         data=args.data,
@@ -87,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
         uncertain=args.uncertain,
         image_root=args.image_root,
         cam_layer=args.cam_layer,
+        last_pool=not args.no_last_pool,
         init_weights=args.init_weights,
         fold_rgb=args.fold_rgb,
         reinit_head=args.reinit_head,
@@ -94,5 +109,9 @@ def run(args: argparse.Namespace) -> int:
         max_images=args.max_images,
         resume=args.resume,
     )
-    train_classifier(options)
+    try:
+        train_classifier(options)
+    except WeightsError as exc:  # one line naming the flag that would allow it, no traceback
+        print(f"{prog}: --init-weights {args.init_weights}: {exc.for_cli()}", file=sys.stderr)
+        return 2
     return 0

@@ -1,11 +1,15 @@
-"""``triage train error-model``: the Grad-CAM error model, the OOD guard and the baselines.
+"""``triage train error-model``: the Grad-CAM error model, the OOD guards and the baselines.
 
 Trained only on the error-model split (patients the classifier never saw), from the classifier's
 outputs on those images (the clean image plus ``--views`` augmented views each, so the error
-model sees the classifier fail in more ways than one pass shows). The OOD guard's mean and
-precision come from the classifier's training split; its threshold is the ``--ood-percentile``
-of the scores on the error-model split. The baselines (softmax response, entropy and a
-probabilities-only network of the same head) are scored on the same test split, per site.
+model sees the classifier fail in more ways than one pass shows), plus every image of the
+``--extra-data`` sets (labelled studies the classifier never saw). Three predictors are fitted
+on the same examples: the Grad-CAM error model, the probabilities-only network of the same head
+and the image-only direct (DUP-style) predictor; ``--serve`` says which of the first two the
+bundle serves (``auto``: the better on the inner validation patients). The OOD guards' Gaussians
+come from the classifier's training split; their thresholds are the ``--ood-percentile`` of the
+scores on the error-model split. Every baseline (and softmax response, entropy) is scored on the
+test split and the held-out site, per site.
 """
 
 from __future__ import annotations
@@ -36,6 +40,21 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=99.0,
         help="OOD threshold: this percentile of the training images' scores (99)",
     )
+    parser.add_argument(
+        "--extra-data",
+        type=Path,
+        nargs="+",
+        default=[],
+        help="more labelled sets the classifier never saw (phantom folders or CSVs): every "
+        "image adds one error-model training example",
+    )
+    parser.add_argument(
+        "--serve",
+        choices=("auto", "gradcam", "probs_only", "direct"),
+        default="auto",
+        help="the error model the bundle serves: the Grad-CAM error model, the probabilities-"
+        "only network, the image-only direct predictor, or whichever validates best (auto)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of init and order (0)")
     parser.add_argument("--image-root", type=Path, default=None, help="root of CSV image paths")
 
@@ -58,6 +77,8 @@ def run(args: argparse.Namespace) -> int:
             ood_percentile=args.ood_percentile,
             seed=args.seed,
             image_root=args.image_root,
+            extra_data=tuple(args.extra_data),
+            serve=args.serve,
         )
     )
     return 0

@@ -7,7 +7,6 @@ gives the same bytes. Patient identifiers are synthetic.
 from __future__ import annotations
 
 import copy
-import datetime as dt
 import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from pydicom.uid import (
 )
 
 from models.phantoms.render import RenderedImage
-from models.phantoms.study import StudySpec
+from models.phantoms.study import StudySpec, age_years
 
 CR_IMAGE_STORAGE: Final = "1.2.840.10008.5.1.4.1.1.1"
 DX_PRESENTATION_STORAGE: Final = "1.2.840.10008.5.1.4.1.1.1.1"
@@ -45,10 +44,7 @@ _VIEW_CODES: Final = {
 
 
 def _age(birth: str, on: str) -> str:
-    b = dt.datetime.strptime(birth, "%Y%m%d").date()
-    d = dt.datetime.strptime(on, "%Y%m%d").date()
-    years = d.year - b.year - ((d.month, d.day) < (b.month, b.day))
-    return f"{max(years, 0):03d}Y"
+    return f"{age_years(birth, on):03d}Y"
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from typing import Any
 
 from models.phantoms.dicom_writer import write_image
 from models.phantoms.outputs import write_labels, write_masks
-from models.phantoms.render import RenderedImage, render_study
+from models.phantoms.render import ANATOMY_MASKS, RenderedImage, render_study
 from models.phantoms.scenario import Scenario
 from models.phantoms.study import StudySpec, plan_dataset
 from models.phantoms.summary import summarize
@@ -89,12 +89,19 @@ def _row(spec: StudySpec, image: RenderedImage, path: str) -> dict[str, object]:
         "view": image.view,
         "portable": int(spec.portable) if frontal else 0,
         "marker": spec.marker if frontal else "L",
+        "sex": spec.patient.sex,
+        "age": spec.age_years,
     }
     for label in DEFAULT_LABELS:
         row[label] = spec.reported[label]
         row[severity_column(label)] = f"{spec.severities[label]:.4f}"
         row[truth_column(label)] = spec.truth[label]
     return row
+
+
+def anatomy_path(sop_uid: str) -> str:
+    """Where a frontal image's anatomy and burned-in-text masks go, relative to the dataset."""
+    return f"masks/anatomy/{sop_uid}.npz"
 
 
 def render_and_write(job: StudyJob) -> list[dict[str, object]]:
@@ -112,6 +119,8 @@ def render_and_write(job: StudyJob) -> list[dict[str, object]]:
         write_image(job.out / path, spec, image, spec.syntax, job.version)
         rows.append(_row(spec, image, path))
     write_masks(job.out / "masks" / f"{spec.frontal_sop_uid}.npz", rendered.frontal.masks)
+    if rendered.frontal.anatomy is not None:
+        write_masks(job.out / anatomy_path(spec.frontal_sop_uid), rendered.frontal.anatomy)
     return rows
 
 
@@ -184,6 +193,7 @@ def synthesize(config: SynthConfig) -> SynthResult:
                 else config.lateral_fraction
             ),
             "labels": list(DEFAULT_LABELS),
+            "anatomy_masks": {"path": anatomy_path("<sop_uid>"), "keys": list(ANATOMY_MASKS)},
             "counts": {
                 "patients": patients,
                 "studies": len(specs),

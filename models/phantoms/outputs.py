@@ -38,6 +38,8 @@ LABEL_COLUMNS: Final[tuple[str, ...]] = (
     "portable",
     "marker",
     *(c for label in DEFAULT_LABELS for c in (label, severity_column(label), truth_column(label))),
+    "sex",
+    "age",
 )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 
 import numpy as np
+import numpy.typing as npt
 from PIL import Image, ImageDraw, ImageFont
 
 from models.phantoms.geometry import F32
@@ -55,10 +56,18 @@ def _mirror(position: str) -> str:
     return position
 
 
+#: A pixel belongs to a burned-in label's mask where the label's alpha exceeds this.
+TEXT_ALPHA_MIN = 0.05
+
+
 def place_text(
     image: F32, text: str, style: TextStyle, offset: tuple[float, float], mirror: bool = False
-) -> None:
-    """Burn ``text`` into ``image`` (in place) at the style's corner, moved by ``offset``."""
+) -> npt.NDArray[np.bool_]:
+    """Burn ``text`` into ``image`` (in place) at the style's corner, moved by ``offset``.
+
+    Returns the label's mask: the pixels it changed (alpha above :data:`TEXT_ALPHA_MIN`; the
+    whole box of an inverted label).
+    """
     size = image.shape[0]
     font_px = round(style.size * size)
     value, alpha = text_patch(text, font_px, style.stroke, style.boxed, style.inverted)
@@ -75,13 +84,20 @@ def place_text(
         c0 = (size - w) // 2 + dx
     r0 = min(max(r0, 0), size - h)
     c0 = min(max(c0, 0), size - w)
+    mask = np.zeros(image.shape, dtype=bool)
     if r0 < 0 or c0 < 0:  # the label does not fit (tiny images): skip it
-        return
+        return mask
     region = image[r0 : r0 + h, c0 : c0 + w]
     region += alpha * (value - region)
+    mask[r0 : r0 + h, c0 : c0 + w] = alpha > TEXT_ALPHA_MIN
+    return mask
 
 
-def collimate(image: F32, margins: tuple[float, float, float, float], level: float) -> None:
+def collimate(
+    image: npt.NDArray[np.float32] | npt.NDArray[np.uint8],
+    margins: tuple[float, float, float, float],
+    level: float,
+) -> None:
     """Unexposed borders (left, right, top, bottom fractions) shown bright, in place."""
     size = image.shape[0]
     left, right, top, bottom = (round(m * size) for m in margins)

@@ -1,10 +1,12 @@
 """Render a study: attenuation -> detector response -> blur, noise -> borders, text -> bits.
 
 ``render_frontal(spec, size)`` returns the display image (float, [0, 1], bright = attenuating),
-the stored integer pixels exactly as written to DICOM (MONOCHROME1 stored inverted), and one
-boolean mask per finding. Every step after the attenuation map is pointwise or a blur of known
-reach, and the noise comes from the study's own stream, so a finding changes pixels only inside
-its mask widened by ``blur_reach``.
+the stored integer pixels exactly as written to DICOM (MONOCHROME1 stored inverted), one
+boolean mask per finding, and the anatomy and burned-in-text masks of :data:`ANATOMY_MASKS`
+(where the generator drew the lung fields, the heart, the body and each label; computed beside
+the image, never changing a pixel of it). Every step after the attenuation map is pointwise or
+a blur of known reach, and the noise comes from the study's own stream, so a finding changes
+pixels only inside its mask widened by ``blur_reach``.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ from models.phantoms.geometry import (
 from models.phantoms.lateral import lateral_attenuation
 from models.phantoms.overlays import collimate, place_text
 from models.phantoms.study import Exposure, StudySpec
+from triage_common.anatomy import ANATOMY_KEYS
 from triage_common.labels import (
     CARDIOMEGALY,
     DEFAULT_LABELS,
@@ -60,6 +63,16 @@ U16 = npt.NDArray[np.uint16]
 
 #: From this image size up, smooth layers are rendered at half resolution (see smooth_scale).
 HALF_RES_FROM: Final = 384
+
+#: The anatomy and overlay masks of a frontal image, in the order they are written (``masks/
+#: anatomy/<sop_uid>.npz``; what each holds: :mod:`triage_common.anatomy`).
+ANATOMY_MASKS: Final = ANATOMY_KEYS
+#: A lung field is where the aerated thickness exceeds this share (before heart and mediastinum).
+LUNG_AIR_MIN: Final = 0.05
+#: The heart silhouette is where it fills more than this share of the beam path.
+HEART_MIN: Final = 0.1
+#: The body is where soft tissue attenuates more than this (normalised attenuation units).
+BODY_MIN: Final = 0.05
 
 
 @dataclass(frozen=True)
@@ -74,6 +87,7 @@ class RenderedImage:
     masks: dict[str, Bool]
     blur_reach: int
     ctr: float | None
+    anatomy: dict[str, Bool] | None = None  # frontal only: ANATOMY_MASKS
 
 
 @dataclass(frozen=True)
@@ -112,8 +126,18 @@ def _nearest_up(mask: Bool, scale: int) -> Bool:
     return out
 
 
-def frontal_attenuation(spec: StudySpec, size: int) -> tuple[F32, dict[str, Bool], float]:
-    """The frontal attenuation map, the finding masks and the rendered cardiothoracic ratio.
+def _place(window: Box, values: Bool, size: int) -> Bool:
+    """A full-size mask holding ``values`` at ``window`` (False elsewhere)."""
+    out = np.zeros((size, size), dtype=bool)
+    out[window.index] = values
+    return out
+
+
+def frontal_attenuation(
+    spec: StudySpec, size: int
+) -> tuple[F32, dict[str, Bool], float, dict[str, Bool]]:
+    """The frontal attenuation map, the finding masks, the rendered cardiothoracic ratio, and
+    the anatomy masks (lung fields, heart, body; see :data:`ANATOMY_MASKS`).
 
     Smooth layers (soft tissue, aerated lung, heart, mediastinum, findings) are computed on a
     grid ``smooth_scale(size)`` times coarser and interpolated; drawn detail (bones, vessels,
@@ -127,6 +151,14 @@ def frontal_attenuation(spec: StudySpec, size: int) -> tuple[F32, dict[str, Bool
     heart = effects[CARDIOMEGALY].heart if CARDIOMEGALY in effects else None
     heart = heart or normal_heart(anat)
     smooth = body_tissue(work, anat)
+    small = work.size
+    anatomy = {
+        f"lung_{side}": _place(lung.window, lung.air > LUNG_AIR_MIN, small)
+        for side, lung in lungs.items()
+    }
+    heart_window, heart_fill = heart_occupancy(work, heart)
+    anatomy["heart"] = _place(heart_window, heart_fill > HEART_MIN, small)
+    anatomy["body"] = smooth > BODY_MIN
     # Everything about aerated lung happens in the window holding both lungs.
     w = lungs[SIDES[0]].window
     for lung in lungs.values():
@@ -178,7 +210,9 @@ def frontal_attenuation(spec: StudySpec, size: int) -> tuple[F32, dict[str, Bool
         label: _nearest_up(effects[label].mask, scale) if label in effects else empty
         for label in DEFAULT_LABELS
     }
-    return mu, masks, measured_ctr(anat, heart)
+    drawn = {name: _nearest_up(mask, scale) for name, mask in anatomy.items()}
+    drawn["lungs"] = drawn[f"lung_{SIDES[0]}"] | drawn[f"lung_{SIDES[1]}"]
+    return mu, masks, measured_ctr(anat, heart), drawn
 
 
 def _overlap(a: Box, b: Box) -> tuple[tuple[slice, slice], tuple[slice, slice]] | None:
@@ -190,6 +224,14 @@ def _overlap(a: Box, b: Box) -> tuple[tuple[slice, slice], tuple[slice, slice]] 
         (slice(r0 - a.r0, r1 - a.r0), slice(c0 - a.c0, c1 - a.c0)),
         (slice(r0 - b.r0, r1 - b.r0), slice(c0 - b.c0, c1 - b.c0)),
     )
+
+
+def collimation_mask(size: int, exposure: Exposure) -> Bool:
+    """Where :func:`acquire` shows the unexposed collimator borders."""
+    out = np.zeros((size, size), dtype=bool)
+    if exposure.collimation is not None:
+        collimate(out.view(np.uint8), exposure.collimation, 1)
+    return out
 
 
 def acquire(mu: F32, exposure: Exposure, rng: np.random.Generator) -> F32:
@@ -231,14 +273,21 @@ def quantize(image: F32, bits: int, photometric: str) -> U16:
 
 def render_frontal(spec: StudySpec, size: int, *, photometric: str | None = None) -> RenderedImage:
     """Render the frontal (PA/AP) image of ``spec`` at ``size`` x ``size`` pixels."""
-    mu, masks, ctr = frontal_attenuation(spec, size)
+    mu, masks, ctr, anatomy = frontal_attenuation(spec, size)
     exposure = spec.exposure
     image = acquire(mu, exposure, streams.study_rng(spec.seed, spec.index, streams.NOISE))
     site = spec.site
+    anatomy["text_portable"] = np.zeros((size, size), dtype=bool)
     if spec.portable:
-        place_text(image, site.portable_label.text, site.portable_label, exposure.portable_offset)
+        anatomy["text_portable"] = place_text(
+            image, site.portable_label.text, site.portable_label, exposure.portable_offset
+        )
     marker = site.marker_label.text.replace("{letter}", spec.marker)
-    place_text(image, marker, site.marker_label, exposure.marker_offset, mirror=spec.marker == "R")
+    anatomy["text_marker"] = place_text(
+        image, marker, site.marker_label, exposure.marker_offset, mirror=spec.marker == "R"
+    )
+    anatomy["text"] = anatomy["text_portable"] | anatomy["text_marker"]
+    anatomy["collimation"] = collimation_mask(size, exposure)
     np.clip(image, 0.0, 1.0, out=image)
     photo = photometric or site.photometric
     return RenderedImage(
@@ -250,6 +299,7 @@ def render_frontal(spec: StudySpec, size: int, *, photometric: str | None = None
         masks=masks,
         blur_reach=blur_reach(exposure.blur * grid_for(size).scale) + smooth_scale(size),
         ctr=ctr,
+        anatomy={name: anatomy[name] for name in ANATOMY_MASKS},
     )
 
 

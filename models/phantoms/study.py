@@ -113,6 +113,18 @@ class StudySpec:
     def any_finding(self) -> bool:
         return any(v > 0.0 for v in self.severities.values())
 
+    @property
+    def age_years(self) -> int:
+        """The patient's age in whole years on the study date (what PatientAge holds)."""
+        return age_years(self.patient.birth_date, self.study_date)
+
+
+def age_years(birth: str, on: str) -> int:
+    """Whole years between two DICOM dates (``YYYYMMDD``), never below 0."""
+    b = dt.datetime.strptime(birth, "%Y%m%d").date()
+    d = dt.datetime.strptime(on, "%Y%m%d").date()
+    return max(d.year - b.year - ((d.month, d.day) < (b.month, b.day)), 0)
+
 
 def _cholesky(matrix: list[list[float]]) -> F64:
     return _cholesky_of(tuple(tuple(row) for row in matrix))

@@ -1,9 +1,10 @@
 """``triage-probe``: the serving image's own health probe (``grpc.health.v1`` Check).
 
-Exit 0 only when the named service is SERVING; 1 otherwise, with the status or the error on
-stderr. The container HEALTHCHECK and Kubernetes exec probes run it, so it ships with the
-serving install (which has no tools package); ``triage health`` is the same check with the
-tools' full connection options. Services: ``""`` (overall), ``liveness``, ``readiness``,
+Exit 0 only when the named service is SERVING; 2 when the server has no service of that name
+(the names it has are printed); 1 otherwise, with the status or the error on stderr. The
+container HEALTHCHECK and Kubernetes exec probes run it, so it ships with the serving install
+(which has no tools package); ``triage health`` is the same check with the tools' full
+connection options. Services: ``""`` (overall), ``liveness``, ``readiness``,
 ``model``, ``triage.v1.Triage``.
 """
 
@@ -42,11 +43,19 @@ def report(
     timeout: float,
     metadata: Sequence[tuple[str, str]] = (),
 ) -> int:
-    """Check ``service``, print its status (or the error, on stderr); 0 only when SERVING."""
+    """Check ``service``, print its status (or the error, on stderr); 0 only when SERVING.
+
+    An unknown service name is a refusal of ``--service`` (exit 2), with the names the server
+    has when it lists them.
+    """
     try:
         status = check(channel, service, timeout, metadata)
     except grpc.RpcError as exc:
-        print(f"{prog}: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        if exc.code() == grpc.StatusCode.NOT_FOUND:
+            known = exc.details() or f"the server has no health service {service!r}"
+            print(f"{prog}: --service {service!r}: {known}", file=sys.stderr)
+            return 2
+        print(f"{prog}: {exc.code().name}: {exc.details() or 'no detail'}", file=sys.stderr)
         return 1
     finally:
         channel.close()

@@ -77,8 +77,9 @@ def run(args: argparse.Namespace) -> int:
     log = get_logger("service.serve")
     from service.rpc.server import create_server
     from triage_common.bundle_format import BundleError
-    from triage_common.heap import retain_freed_memory
+    from triage_common.heap import limit_arenas, retain_freed_memory
 
+    limit_arenas()  # freed memory in one arena, where an idle trim can return it
     retain_freed_memory()  # request buffers of several MB: no page faults for each one
 
     try:

@@ -20,6 +20,11 @@ class InvalidStudy(TriageError):
     """The request does not carry decodable DICOM of one study."""
 
 
+class DecoderFailed(InvalidStudy):
+    """A codec failed on the data in a way it should not (a native panic): the data is
+    malformed, and the process that ran the codec is replaced."""
+
+
 class TooLarge(TriageError):
     """The request exceeds a configured size limit."""
 

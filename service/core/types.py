@@ -2,7 +2,7 @@
 
 decode (headers)  -> :class:`InstanceHeader` per instance
 eligibility       -> :class:`Selection` (the chosen header, :class:`Ignored` others)
-decode (pixels)   -> :class:`DecodedImage`
+decode (pixels)   -> :class:`DecodedImage`, preprocessed: :class:`DecodedStudy`
 inference         -> :class:`ModelOutput`
 policy            -> :class:`PolicyDecision`
 conclude          -> :class:`StudyResult` with :class:`FindingResult` per label, routed
@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
+#: Bytes of a Part-10 file as a front door holds them (a bytes object or a view on an arena).
+BytesLike = bytes | bytearray | memoryview
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,8 @@ class InstanceHeader:
     #: header itself: the decode stage reuses both for the chosen instance, parsing it once.
     pixel_offset: int = field(default=0, compare=False, repr=False)
     dataset: Dataset | None = field(default=None, compare=False, repr=False)
+    #: A deflated file's data set inflated (the bytes ``pixel_offset`` refers to), else None.
+    inflated: bytes | None = field(default=None, compare=False, repr=False)
 
     @property
     def pixels(self) -> int:
@@ -84,6 +88,21 @@ class DecodedImage:
     display: F32
     reduce_level: int  # JPEG 2000 resolution level used (0: full resolution or not J2K)
     box: int = 1  # k of the k x k block averaging of stored values (1: none)
+
+
+@dataclass(frozen=True)
+class DecodedStudy:
+    """A study made ready for the model: its UID, what was chosen and the model input."""
+
+    study_instance_uid: str
+    selection: Selection  # headers without their parsed data sets (they stay where parsed)
+    reduce_level: int  # JPEG 2000 resolution level used (0: full resolution or not J2K)
+    box: int  # k of the k x k block averaging (1: none)
+    image: F32  # (1, S, S): the canonical preprocessing's output
+    display: F32 | None  # the display image, when the request asked for overlays
+    #: CPU milliseconds of each step where it ran: header, decode, preprocess.
+    cpu_ms: dict[str, float] = field(default_factory=dict)
+    wall_ms: float = 0.0  # from the first header to the model input
 
 
 class InferenceModel(Protocol):

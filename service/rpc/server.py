@@ -41,13 +41,17 @@ from service.config import ConfigError, ServiceConfig, is_loopback
 from service.core.types import InferenceModel
 from service.pipeline import TriagePipeline
 from service.rpc.auth import BearerTokenInterceptor
+from service.rpc.health import TriageHealthServicer
+from service.rpc.identity import token_names
 from service.rpc.metrics import Metrics
-from service.rpc.triage_servicer import TriageServicer
+from service.rpc.triage_servicer import TriageServicer, transport_max_bytes
 from service.rpc.worklist_servicer import add_to_server as add_worklist
 from service.stages.batcher import MicroBatcher
+from service.stages.decode_pool import DecodePool, InProcessDecoder, make_decoder
 from service.stages.policy import PolicySource, policy_source
 from service.stages.routing import Router, make_router, parse_routing
 from service.worklist.store import SqliteWorklistStore, WorklistStore
+from triage_common.heap import release_free_memory
 from triage_common.logging import get_logger
 
 log = get_logger("service.server")
@@ -58,6 +62,8 @@ LIVENESS = "liveness"
 READINESS = "readiness"
 MODEL = "model"
 OVERALL = ""
+#: Seconds without a call after which freed heap memory goes back to the kernel.
+IDLE_TRIM_SECONDS = 5.0
 #: Extra worker threads beyond ``max_in_flight`` (health checks, reflection, fast refusals).
 SPARE_WORKERS = 8
 
@@ -97,6 +103,7 @@ class _Loaded:
     batcher: MicroBatcher
     pipeline: TriagePipeline
     providers: list[str]
+    decoder: DecodePool | InProcessDecoder
 
 
 class TriageServer:
@@ -179,8 +186,22 @@ class TriageServer:
             )
         loader = threading.Thread(target=self._load, name="triage-model-loader", daemon=True)
         loader.start()
+        keeper = threading.Thread(target=self._keep_memory, name="triage-memory", daemon=True)
+        keeper.start()
         if wait_ready and not self.wait_ready(timeout):
             raise RuntimeError("the model did not become ready in time")
+
+    def _keep_memory(self) -> None:
+        """Once calls have stopped for :data:`IDLE_TRIM_SECONDS`, give the heap's free memory
+        back to the kernel (freed memory is kept while busy: no page faults per request)."""
+        trimmed_at = 0.0
+        while not self._stopped.wait(1.0):
+            admission = self.servicer.admission
+            last = admission.last_finished
+            idle = time.monotonic() - last
+            if last > trimmed_at and admission.in_flight == 0 and idle >= IDLE_TRIM_SECONDS:
+                release_free_memory()
+                trimmed_at = last
 
     def wait_ready(self, timeout: float | None = None) -> bool:
         """Block until the model is warmed up; re-raise a load failure; False on timeout."""
@@ -223,19 +244,19 @@ class TriageServer:
                 observer=self.metrics.observe_batch,
                 streams=streams,
             )
+            decoder = make_decoder(
+                self.config.decode, self.config.eligibility, self.bundle.spec, self.metrics
+            )
+            decoder.start()
             pipeline = TriagePipeline(
-                self.bundle,
-                batcher,
-                self.policy,
-                decode=self.config.decode,
-                eligibility=self.config.eligibility,
-                router=self.router,
+                self.bundle, batcher, self.policy, decoder, router=self.router
             )
             with self._lock:
                 if self._stopping:
+                    decoder.stop()
                     return
                 batcher.start()
-                self._loaded = _Loaded(batcher, pipeline, providers)
+                self._loaded = _Loaded(batcher, pipeline, providers, decoder)
                 self._ready.set()
                 self._set((OVERALL, READINESS, MODEL, TRIAGE_SERVICE), True)
             log.info(
@@ -273,6 +294,7 @@ class TriageServer:
             done.wait()
             if self._loaded is not None:
                 self._loaded.batcher.stop(timeout=5.0)
+                self._loaded.decoder.stop()
             self.metrics.close()
             log.info("stopped", torch_loaded="torch" in sys.modules)
             self._stopped.set()
@@ -291,7 +313,7 @@ def add_maintenance_services(
     """The maintenance services, configured apart from the application's: ``grpc.health.v1``
     (statuses set by :class:`TriageServer`) and, when ``reflection`` is on, server reflection
     listing ``application_services`` with health and reflection themselves."""
-    health_servicer = health.HealthServicer()
+    health_servicer = TriageHealthServicer()  # answers List too
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)
     if reflection:
         from grpc_reflection.v1alpha import reflection as grpc_reflection
@@ -351,13 +373,20 @@ def create_server(
         ),
         interceptors=interceptors,
         options=[
-            ("grpc.max_receive_message_length", s.max_message_bytes),
+            # above our own limits, so that a client meets ours (INVALID_ARGUMENT naming them)
+            ("grpc.max_receive_message_length", transport_max_bytes(s)),
             ("grpc.max_send_message_length", 256 * 1024 * 1024),
             ("grpc.so_reuseport", 0),
         ],
     )
     holder: list[TriageServer] = []
-    servicer = TriageServicer(s, metrics, lambda: holder[0].pipeline() if holder else None, store)
+    servicer = TriageServicer(
+        s,
+        metrics,
+        lambda: holder[0].pipeline() if holder else None,
+        store,
+        token_names(config.security.named_tokens()) if tokens else None,
+    )
     triage_pb2_grpc.add_TriageServicer_to_server(servicer, grpc_server)  # type: ignore[no-untyped-call]
     for _name, register in extra_services:
         register(grpc_server)

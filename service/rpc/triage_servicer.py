@@ -3,13 +3,16 @@
 Both RPCs go through :meth:`TriageServicer._handle`, which
 
 1. admits the call (at most ``server.max_in_flight`` at once, RESOURCE_EXHAUSTED beyond);
-2. arms a timer that cancels the call after ``server.max_request_seconds`` (a client that
-   sends no deadline, or stalls a stream, cannot hold a worker for ever);
+2. gives it a deadline: the client's, or ``server.max_request_seconds`` when it sets none or a
+   longer one; every wait after that (the chunk stream, a decode worker, the batcher) is bounded
+   by it and ends in DEADLINE_EXCEEDED with a reason, never in a bare CANCELLED;
 3. gathers the instances (unary message, or the chunk stream with its size limits);
 4. runs the pipeline and converts the :class:`StudyResult` to protobuf;
-5. on any exception, looks the status up in :data:`service.core.errors.STATUS_TABLE` and aborts the
-   call with the exception's own (patient-data-free) message; an exception outside the table
-   becomes INTERNAL with a fixed message and only its type in the log;
+5. on any exception — ``BaseException`` subclasses raised by native extensions included, only
+   KeyboardInterrupt and SystemExit pass — looks the status up in
+   :data:`service.rpc.status.STATUS_TABLE` and aborts the call with the exception's own
+   (patient-data-free) message; an exception outside the table becomes INTERNAL with a fixed
+   message and only its type in the log;
 6. writes one structured log line (hashed study UID, stage timings, decision, status) and
    updates the metrics.
 """
@@ -17,9 +20,10 @@ Both RPCs go through :meth:`TriageServicer._handle`, which
 from __future__ import annotations
 
 import contextlib
+import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,12 +31,21 @@ import grpc
 
 from service._proto.triage.v1 import triage_pb2, triage_pb2_grpc
 from service.config import ServerConfig
-from service.core.errors import Cancelled, InvalidStudy, NotReady, Overloaded, TooLarge
+from service.core.errors import (
+    Cancelled,
+    DeadlineExceeded,
+    InvalidStudy,
+    NotReady,
+    Overloaded,
+    TooLarge,
+)
 from service.core.types import StudyResult
 from service.pipeline import RequestOptions, RequestTrace, TriagePipeline
+from service.rpc.identity import caller_identity
 from service.rpc.metrics import Metrics
 from service.rpc.status import status_for, status_label
-from service.worklist.store import WorklistStore
+from service.stages.decode_pool import InstanceBytes
+from service.worklist.store import Placement, Triaged, WorklistStore
 from triage_common.logging import get_logger
 
 log = get_logger("service.requests")
@@ -49,7 +62,7 @@ _PRIORITIES = {"ROUTINE": triage_pb2.ROUTINE, "URGENT": triage_pb2.URGENT, "STAT
 class Gathered:
     """The instances of one call and its per-request fields."""
 
-    instances: list[bytes]
+    instances: list[InstanceBytes]
     defer_cost: float | None
     include_overlay: bool
     calling_ae_title: str
@@ -61,6 +74,8 @@ class Admission:
     def __init__(self, limit: int, on_change: Callable[[int], None] | None = None) -> None:
         self._limit = limit
         self._n = 0
+        #: time.monotonic() when the last call ended (0.0: none yet); the memory keeper reads it
+        self.last_finished = 0.0
         self._lock = threading.Lock()
         self._on_change = on_change
 
@@ -86,13 +101,31 @@ class Admission:
             with self._lock:
                 self._n -= 1
                 n = self._n
+                self.last_finished = time.monotonic()
             if self._on_change:
                 self._on_change(n)
 
 
+#: Protobuf framing allowed on top of the largest study in gRPC's own receive limit.
+TRANSPORT_SLACK_BYTES = 1 << 20
+
+
+def transport_max_bytes(limits: ServerConfig) -> int:
+    """gRPC's own receive limit: above every limit of ours, so that ours are the ones a client
+    meets (INVALID_ARGUMENT naming the limit). Only a message larger than a whole study may be
+    (``server.max_stream_bytes``) plus 1 MiB is refused by gRPC itself, RESOURCE_EXHAUSTED."""
+    return max(limits.max_message_bytes, limits.max_stream_bytes) + TRANSPORT_SLACK_BYTES
+
+
 def gather_unary(request: triage_pb2.TriageRequest, limits: ServerConfig) -> Gathered:
-    """The instances of a unary request, checked against the count and size limits."""
-    instances = list(request.instances)
+    """The instances of a unary request, checked against the message, count and size limits."""
+    size = request.ByteSize()
+    if size > limits.max_message_bytes:
+        raise TooLarge(
+            f"the request message is {size} bytes, above server.max_message_bytes = "
+            f"{limits.max_message_bytes}; send larger studies with TriageStream"
+        )
+    instances: list[InstanceBytes] = list(request.instances)
     if not instances:
         raise InvalidStudy("the request carries no instances")
     if len(instances) > limits.max_instances:
@@ -108,42 +141,97 @@ def gather_unary(request: triage_pb2.TriageRequest, limits: ServerConfig) -> Gat
     )
 
 
-def _chunks(chunks: Iterable[triage_pb2.StudyChunk]) -> Iterator[triage_pb2.StudyChunk]:
-    """The chunks; a stream broken by the client (cancelled, deadline) becomes Cancelled."""
-    iterator = iter(chunks)
-    while True:
+class _StreamReader:
+    """Reads a request stream in its own thread so that the handler can wait with a deadline.
+
+    A client that stalls its stream holds only this thread (until the call ends); the handler
+    answers DEADLINE_EXCEEDED with a reason when the study has not arrived in time.
+    """
+
+    _END = object()
+
+    def __init__(self, chunks: Iterable[triage_pb2.StudyChunk]) -> None:
+        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._thread = threading.Thread(
+            target=self._read, args=(iter(chunks),), name="triage-stream-reader", daemon=True
+        )
+        self._thread.start()
+
+    def _read(self, iterator: Iterator[triage_pb2.StudyChunk]) -> None:
         try:
-            chunk = next(iterator)
-        except StopIteration:
-            return
+            for chunk in iterator:
+                self._queue.put(chunk)
         except grpc.RpcError:
-            raise Cancelled("the client ended the stream before it was complete") from None
-        yield chunk
+            self._queue.put(Cancelled("the client ended the stream before it was complete"))
+        except BaseException as exc:  # the handler reports it; this thread just ends
+            self._queue.put(exc)
+        else:
+            self._queue.put(self._END)
+
+    def chunks(self, deadline: float, budget: float) -> Iterator[triage_pb2.StudyChunk]:
+        """The chunks as they arrive; DeadlineExceeded when the stream is not done in time."""
+        while True:
+            try:
+                item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise DeadlineExceeded(
+                    f"the study stream was not complete within {budget:.3g} s (the client's "
+                    "deadline or server.max_request_seconds): send the chunks without pauses"
+                ) from None
+            if item is self._END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            assert isinstance(item, triage_pb2.StudyChunk)
+            yield item
 
 
-def gather_stream(chunks: Iterable[triage_pb2.StudyChunk], limits: ServerConfig) -> Gathered:
-    """Reassemble Part-10 files from chunks (grouped by ``instance``, in arrival order)."""
+def gather_stream(
+    chunks: Iterable[triage_pb2.StudyChunk], limits: ServerConfig, deadline: float | None = None
+) -> Gathered:
+    """Part-10 files from chunks: each instance's chunks contiguous and in order.
+
+    The instances are kept as their chunks (no join): the decode stage copies them once, into a
+    decode worker's arena.
+    """
+    budget = limits.max_request_seconds
+    if deadline is None:
+        deadline = time.monotonic() + budget
+    else:
+        budget = max(0.0, deadline - time.monotonic())
     parts: dict[int, list[bytes]] = {}
+    current: int | None = None
     total = 0
     defer_cost: float | None = None
     overlay = False
     ae_title = ""
-    for chunk in _chunks(chunks):
+    for chunk in _StreamReader(chunks).chunks(deadline, budget):
         data = chunk.data  # each read of a bytes field copies it: read it once
+        if len(data) > limits.max_message_bytes:
+            raise TooLarge(
+                f"a chunk of {len(data)} bytes is above server.max_message_bytes = "
+                f"{limits.max_message_bytes}; send smaller chunks"
+            )
         total += len(data)
         if total > limits.max_stream_bytes:
             raise TooLarge(f"the study stream exceeds the limit of {limits.max_stream_bytes} bytes")
-        part = parts.get(chunk.instance)
-        if part is None:
+        instance = chunk.instance
+        if instance != current:
+            if instance in parts:
+                raise InvalidStudy(
+                    f"the stream interleaves instances: instance {instance} resumed after "
+                    f"instance {current} began; send each instance's chunks contiguously, in order"
+                )
             if len(parts) >= limits.max_instances:
                 raise TooLarge(f"the stream carries more than {limits.max_instances} instances")
-            part = parts[chunk.instance] = []
-        part.append(data)
+            parts[instance] = []
+            current = instance
+        parts[instance].append(data)
         if defer_cost is None and chunk.HasField("defer_cost"):
             defer_cost = chunk.defer_cost
         overlay = overlay or chunk.include_overlay
         ae_title = ae_title or chunk.calling_ae_title
-    instances = [data for data in (b"".join(p) for p in parts.values()) if data]
+    instances: list[InstanceBytes] = [p if len(p) > 1 else p[0] for p in parts.values() if any(p)]
     if not instances:
         raise InvalidStudy("the stream carried no instance data")
     return Gathered(instances, defer_cost, overlay, ae_title)
@@ -193,6 +281,7 @@ def to_proto(result: StudyResult) -> triage_pb2.TriageResult:
         ),
         policy_version=result.policy_version,
         p_error_raw=result.p_error_raw,
+        site=result.site,
     )
 
 
@@ -205,7 +294,9 @@ class TriageServicer(triage_pb2_grpc.TriageServicer):
         metrics: Metrics,
         pipeline: Callable[[], TriagePipeline | None],
         store: WorklistStore | None = None,
+        token_names: Mapping[str, str] | None = None,
     ) -> None:
+        self._token_names = dict(token_names or {})  # token fingerprint -> holder's name
         self._limits = limits
         self._metrics = metrics
         self._pipeline = pipeline  # None until the model is loaded and warmed up
@@ -221,14 +312,16 @@ class TriageServicer(triage_pb2_grpc.TriageServicer):
         self, request: triage_pb2.TriageRequest, context: grpc.ServicerContext
     ) -> triage_pb2.TriageResult:
         """The whole study in one message."""
-        return self._handle("Triage", context, lambda: gather_unary(request, self._limits))
+        return self._handle("Triage", context, lambda deadline: gather_unary(request, self._limits))
 
     def TriageStream(
         self, request_iterator: Iterable[triage_pb2.StudyChunk], context: grpc.ServicerContext
     ) -> triage_pb2.TriageResult:
         """A study as a stream of Part-10 chunks."""
         return self._handle(
-            "TriageStream", context, lambda: gather_stream(request_iterator, self._limits)
+            "TriageStream",
+            context,
+            lambda deadline: gather_stream(request_iterator, self._limits, deadline),
         )
 
     def _deadline(self, context: grpc.ServicerContext) -> float:
@@ -239,7 +332,7 @@ class TriageServicer(triage_pb2_grpc.TriageServicer):
         return time.monotonic() + budget
 
     def _handle(
-        self, rpc: str, context: grpc.ServicerContext, gather: Callable[[], Gathered]
+        self, rpc: str, context: grpc.ServicerContext, gather: Callable[[float], Gathered]
     ) -> triage_pb2.TriageResult:
         start = time.perf_counter()
         trace = RequestTrace()
@@ -247,9 +340,6 @@ class TriageServicer(triage_pb2_grpc.TriageServicer):
         message = ""
         reply: triage_pb2.TriageResult | None = None
         failure: BaseException | None = None
-        timer = threading.Timer(self._limits.max_request_seconds + 1.0, context.cancel)
-        timer.daemon = True
-        timer.start()
         try:
             if self._draining.is_set():
                 raise NotReady("the server is shutting down")
@@ -260,7 +350,7 @@ class TriageServicer(triage_pb2_grpc.TriageServicer):
                 )
             with self.admission.slot():
                 deadline = self._deadline(context)
-                gathered = gather()
+                gathered = gather(deadline)
                 options = RequestOptions(
                     defer_cost=gathered.defer_cost,
                     include_overlay=gathered.include_overlay,
@@ -269,12 +359,13 @@ class TriageServicer(triage_pb2_grpc.TriageServicer):
                     is_active=context.is_active,
                 )
                 result = pipeline.run(gathered.instances, options, trace)
-                reply = self._commit(result, to_proto(result), trace)
-        except Exception as exc:
+                reply = self._commit(result, to_proto(result), trace, gathered, context)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # the one boundary: native panics (BaseException) too
             failure = exc
             code, message = status_for(exc)
         finally:
-            timer.cancel()
             trace.stages_ms["total"] = (time.perf_counter() - start) * 1000.0
             self._record(rpc, code, trace, failure)
         if reply is None:
@@ -283,30 +374,64 @@ class TriageServicer(triage_pb2_grpc.TriageServicer):
         return reply
 
     def _commit(
-        self, result: StudyResult, reply: triage_pb2.TriageResult, trace: RequestTrace
+        self,
+        result: StudyResult,
+        reply: triage_pb2.TriageResult,
+        trace: RequestTrace,
+        gathered: Gathered,
+        context: grpc.ServicerContext,
     ) -> triage_pb2.TriageResult:
-        """Store the result on its worklist before it is acknowledged; replay a stored one.
+        """Name who set the cost and who sent the study, store the result, return what is stored.
 
-        The client sees a result only after its worklist item is committed (fsync'd). The
-        same study with the same bundle returns the stored result and adds no item.
+        The client sees a result only after it is committed (fsync'd) with its worklist item,
+        exactly as stored (item id and placed priority included). A resend with the same
+        decision inputs (bundle, policy, cost) returns the stored result marked ``replayed``,
+        and the log line and metrics then describe that stored result; other inputs re-triage
+        the study (``service.worklist.store``).
         """
+        reply.caller = caller_identity(context, self._token_names, gathered.calling_ae_title)
+        if gathered.defer_cost is not None:
+            reply.defer_cost_set_by = "request"
+        elif result.policy_version:
+            reply.defer_cost_set_by = f"policy {result.policy_version}"
+        else:
+            reply.defer_cost_set_by = "deployment"
         if self._store is None:
             return reply
         tick = time.perf_counter()
+
+        def encode(placement: Placement) -> bytes:
+            reply.worklist_item_id = placement.item_id
+            reply.worklist = placement.worklist
+            reply.priority = placement.priority.name  # type: ignore[assignment]
+            return reply.SerializeToString()
+
         recorded = self._store.record(
-            result.study_instance_uid,
-            result.model_version,
-            result.worklist,
-            result.priority,
-            reply.SerializeToString(),
+            Triaged(
+                study_uid=result.study_instance_uid,
+                bundle_id=result.model_version,
+                policy_version=result.policy_version,
+                defer_cost=result.defer_cost,
+                decision=result.decision,
+                worklist=result.worklist,
+                priority=result.priority,
+                labels=tuple(f.label for f in result.findings),
+                findings_present=tuple(f.label for f in result.findings if f.present),
+                cost_set_by=reply.defer_cost_set_by,
+                caller=reply.caller,
+            ),
+            encode,
         )
         trace.stages_ms["commit"] = (time.perf_counter() - tick) * 1000.0
-        if recorded.created:
-            reply.worklist_item_id = recorded.item.item_id
+        if not recorded.replayed:
+            if recorded.outcome != "NEW":
+                trace.notes = (*trace.notes, f"re-triaged: {recorded.outcome.lower()}")
             return reply
-        stored = triage_pb2.TriageResult.FromString(recorded.item.result)
-        stored.worklist_item_id = recorded.item.item_id
+        stored = triage_pb2.TriageResult.FromString(recorded.result)
         stored.replayed = True
+        trace.decision = triage_pb2.Decision.Name(stored.decision)
+        trace.reasons = tuple(triage_pb2.DeferReason.Name(r) for r in stored.defer_reasons)
+        trace.p_error = stored.p_error
         trace.notes = (*trace.notes, "replayed stored result")
         return stored
 
@@ -343,3 +468,11 @@ class TriageServicer(triage_pb2_grpc.TriageServicer):
                 fields["reason"] = str(failure)  # our own messages: no patient data
         log.info("triage_request", **fields)
         self._metrics.observe_request(rpc, status, trace.decision, trace.stages_ms)
+        pipeline = self._pipeline() if trace.decision else None
+        self._metrics.observe_result(
+            trace.site,
+            trace.decision,
+            "OUT_OF_DISTRIBUTION" in trace.reasons,
+            trace.p_error,
+            pipeline.policy.current().monitoring if pipeline is not None else None,
+        )

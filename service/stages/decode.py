@@ -1,16 +1,12 @@
-"""Decode stage: DICOM Part-10 bytes -> headers (all instances) -> display image (the chosen one).
+"""Decode stage: the chosen instance's pixel data -> display image in [0, 1].
 
-Two steps, so that no pixel buffer is allocated before the limits are checked:
-
-1. :func:`read_header` parses each instance with ``stop_before_pixels`` and records what the
-   eligibility rules and the limits need (modality, body part, view, sizes, UIDs). The decoded
-   size ``Rows x Columns x SamplesPerPixel x NumberOfFrames`` is checked against
-   ``decode.max_pixels`` here, from the header alone: a header claiming 65535 x 65535 is
-   refused before anything is allocated.
-2. :func:`decode_instance` parses the chosen instance fully and decodes its pixel data through
-   ``triage_common.dicom_image`` (pydicom + the pylibjpeg plugins: JPEG 2000, JPEG baseline and
-   lossless, JPEG-LS, RLE; rescale, VOI window or LUT, MONOCHROME1 inversion, BitsStored).
-   Compressed codestreams are checked against the header before any decoder runs.
+The header was read and its budgets checked by :mod:`service.stages.header` (no pixel buffer
+exists before that). :func:`decode_instance` decodes the pixel data through
+``triage_common.dicom_image`` (pydicom + the pylibjpeg plugins: JPEG 2000, JPEG baseline and
+lossless, JPEG-LS, RLE; rescale, VOI window or LUT, MONOCHROME1 inversion, BitsStored).
+Compressed codestreams are checked against the header before any decoder runs. In the server
+this runs inside a decode worker process (:mod:`service.stages.decode_pool`), whose memory and
+time limits contain a decoder that misbehaves on hostile data.
 
 Reduced-resolution reading (``decode.reduce``, on by default): the model sees S x S pixels, so
 a 2000 px radiograph need not be windowed and resized at full size. Where the short side allows
@@ -32,19 +28,17 @@ Error messages are composed here, from attribute names, tags and sizes; library 
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import pydicom
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
 
 from service.config import DecodeConfig
-from service.core.errors import InvalidStudy, TooLarge, TriageError
-from service.core.types import DecodedImage, InstanceHeader
+from service.core.errors import DecoderFailed, InvalidStudy, TriageError
+from service.core.types import BytesLike, DecodedImage, InstanceHeader
+from service.stages.header import parse_dataset
 from service.stages.j2k import (
     J2K_SYNTAXES,
     CodestreamError,
@@ -60,18 +54,6 @@ from triage_common.dicom_image import (
     stored_to_display,
 )
 
-#: Tags at which ``stop_before_pixels`` stops: (7FE0,0008/0009/0010), little and big endian.
-_PIXEL_TAGS = frozenset(
-    {
-        b"\xe0\x7f\x10\x00",
-        b"\xe0\x7f\x08\x00",
-        b"\xe0\x7f\x09\x00",
-        b"\x7f\xe0\x00\x10",
-        b"\x7f\xe0\x00\x08",
-        b"\x7f\xe0\x00\x09",
-    }
-)
-
 
 @dataclass(frozen=True)
 class DecodeOptions:
@@ -81,6 +63,9 @@ class DecodeOptions:
     model_size: int
     reduce: bool = True
     reduce_min_scale: float = 2.0
+    max_aspect_ratio: float = float("inf")
+    max_inflated_bytes: int = 1 << 62
+    max_compression_ratio: float = float("inf")
 
     @classmethod
     def from_config(cls, decode: DecodeConfig, model_size: int) -> DecodeOptions:
@@ -90,93 +75,10 @@ class DecodeOptions:
             model_size=model_size,
             reduce=decode.reduce,
             reduce_min_scale=decode.reduce_min_scale,
+            max_aspect_ratio=decode.max_aspect_ratio,
+            max_inflated_bytes=decode.max_inflated_bytes,
+            max_compression_ratio=decode.max_compression_ratio,
         )
-
-
-def _describe_parse_error(exc: BaseException) -> str:
-    if isinstance(exc, InvalidDicomError):
-        return "not a DICOM Part-10 file (no 'DICM' prefix after the 128-byte preamble)"
-    if isinstance(exc, EOFError):
-        return "truncated DICOM file: the data ends inside an element"
-    return f"malformed DICOM ({type(exc).__name__} while parsing the data set)"
-
-
-def _parse(data: bytes, *, stop_before_pixels: bool) -> tuple[Dataset, int]:
-    fp = io.BytesIO(data)
-    try:
-        ds = pydicom.dcmread(fp, stop_before_pixels=stop_before_pixels)
-    except Exception as exc:  # pydicom raises many types on bad input; all mean "not decodable"
-        raise InvalidStudy(_describe_parse_error(exc)) from None
-    return ds, fp.tell()
-
-
-def _int(ds: Dataset, keyword: str, default: int | None, index: int) -> int | None:
-    try:
-        value = ds.get(keyword)
-        if value is None or value == "":
-            return default
-        return int(value)
-    except Exception:
-        raise InvalidStudy(f"instance {index}: {keyword} is not an integer") from None
-
-
-def _text(ds: Dataset, keyword: str) -> str:
-    try:
-        value = ds.get(keyword)
-    except Exception:
-        return ""
-    if value is None:
-        return ""
-    text = str(value).strip()
-    return text if "UID" in keyword else text.upper()
-
-
-def read_header(data: bytes, index: int, max_pixels: int) -> InstanceHeader:
-    """Parse one instance without its pixel data and check the decoded size against the limit."""
-    if len(data) < 132:
-        raise InvalidStudy(
-            f"instance {index}: {len(data)} bytes is too short to be a DICOM Part-10 file"
-        )
-    ds, position = _parse(data, stop_before_pixels=True)
-    if not hasattr(ds, "file_meta") or "TransferSyntaxUID" not in ds.file_meta:
-        raise InvalidStudy(
-            f"instance {index}: DICOM file meta information lacks the TransferSyntaxUID"
-        )
-    has_pixels = data[position : position + 4] in _PIXEL_TAGS
-    rows = _int(ds, "Rows", 0, index) or 0
-    columns = _int(ds, "Columns", 0, index) or 0
-    spp = _int(ds, "SamplesPerPixel", 1, index) or 1
-    frames = _int(ds, "NumberOfFrames", 1, index) or 1
-    header = InstanceHeader(
-        index=index,
-        sop_instance_uid=_text(ds, "SOPInstanceUID"),
-        study_instance_uid=_text(ds, "StudyInstanceUID"),
-        modality=_text(ds, "Modality"),
-        body_part=_text(ds, "BodyPartExamined"),
-        view_position=_text(ds, "ViewPosition"),
-        photometric=_text(ds, "PhotometricInterpretation"),
-        rows=rows,
-        columns=columns,
-        samples_per_pixel=spp,
-        frames=frames,
-        instance_number=_int(ds, "InstanceNumber", None, index),
-        has_pixel_data=has_pixels,
-        transfer_syntax=str(ds.file_meta.TransferSyntaxUID),
-        institution=_text(ds, "InstitutionName"),
-        pixel_offset=position,
-        dataset=ds,
-    )
-    if min(rows, columns, spp, frames) < 0:
-        raise InvalidStudy(f"instance {index}: negative image dimensions in the header")
-    if has_pixels and (rows == 0 or columns == 0):
-        raise InvalidStudy(f"instance {index}: pixel data without Rows and Columns")
-    if header.pixels > max_pixels:
-        raise TooLarge(
-            f"instance {index}: the header declares {rows} x {columns} x {spp} x {frames} = "
-            f"{header.pixels} samples, above the server's limit of {max_pixels} "
-            "(decode.max_pixels); nothing was decoded"
-        )
-    return header
 
 
 def _first_frame(ds: Dataset, header: InstanceHeader) -> bytes:
@@ -265,7 +167,9 @@ IMPLICIT_LE = "1.2.840.10008.1.2"
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 
 
-def native_pixels(data: bytes, header: InstanceHeader) -> tuple[Dataset, npt.NDArray[Any]] | None:
+def native_pixels(
+    data: BytesLike, header: InstanceHeader
+) -> tuple[Dataset, npt.NDArray[Any]] | None:
     """Stored pixels of a plain uncompressed image as a view on ``data`` (no copy), or None.
 
     Covers the common case only: little-endian native syntax, one frame, one sample, unsigned
@@ -281,7 +185,7 @@ def native_pixels(data: bytes, header: InstanceHeader) -> tuple[Dataset, npt.NDA
     if header.dataset is not None:
         ds, pos = header.dataset, header.pixel_offset
     else:
-        ds, pos = _parse(data, stop_before_pixels=True)
+        ds, pos = parse_dataset(data, stop_before_pixels=True)
     try:
         allocated = int(ds.BitsAllocated)
         stored_bits = int(ds.get("BitsStored", allocated))
@@ -290,14 +194,15 @@ def native_pixels(data: bytes, header: InstanceHeader) -> tuple[Dataset, npt.NDA
         return None
     if allocated not in (8, 16) or signed or not 1 <= stored_bits <= allocated:
         return None
-    if data[pos : pos + 4] != b"\xe0\x7f\x10\x00":
+    data = memoryview(data).cast("B")
+    if bytes(data[pos : pos + 4]) != b"\xe0\x7f\x10\x00":
         return None
     if syntax == EXPLICIT_LE:
-        if data[pos + 4 : pos + 6] not in (b"OW", b"OB"):
+        if bytes(data[pos + 4 : pos + 6]) not in (b"OW", b"OB"):
             return None
-        length, start = int.from_bytes(data[pos + 8 : pos + 12], "little"), pos + 12
+        length, start = int.from_bytes(bytes(data[pos + 8 : pos + 12]), "little"), pos + 12
     else:
-        length, start = int.from_bytes(data[pos + 4 : pos + 8], "little"), pos + 8
+        length, start = int.from_bytes(bytes(data[pos + 4 : pos + 8]), "little"), pos + 8
     count = header.rows * header.columns
     nbytes = count * allocated // 8
     if length == 0xFFFFFFFF or length < nbytes or start + nbytes > len(data):
@@ -310,7 +215,7 @@ def native_pixels(data: bytes, header: InstanceHeader) -> tuple[Dataset, npt.NDA
     return ds, pixels
 
 
-def _display(data: bytes, header: InstanceHeader, options: DecodeOptions) -> DecodedImage:
+def _display(data: BytesLike, header: InstanceHeader, options: DecodeOptions) -> DecodedImage:
     native = native_pixels(data, header)
     if native is not None:
         header_ds, stored = native
@@ -322,7 +227,7 @@ def _display(data: bytes, header: InstanceHeader, options: DecodeOptions) -> Dec
         if k > 1:
             stored = box_average(stored, k)
         return DecodedImage(stored_to_display(header_ds, stored), 0, k)
-    ds, _ = _parse(data, stop_before_pixels=False)
+    ds, _ = parse_dataset(data, stop_before_pixels=False)
     if "PixelData" not in ds:
         raise InvalidStudy(f"instance {header.index}: the DICOM file has no pixel data")
     frame = _check_codestream(ds, header)
@@ -338,17 +243,24 @@ def _display(data: bytes, header: InstanceHeader, options: DecodeOptions) -> Dec
     return DecodedImage(stored_to_display(ds, box_average(decode_stored(ds), k)), 0, k)
 
 
-def decode_instance(data: bytes, header: InstanceHeader, options: DecodeOptions) -> DecodedImage:
+def decode_instance(
+    data: BytesLike, header: InstanceHeader, options: DecodeOptions
+) -> DecodedImage:
     """Decode the chosen instance to a display image (header limits already checked).
 
-    Any failure is the data's: INVALID_ARGUMENT naming the reason (TooLarge when memory ran out).
+    Any failure is the data's: INVALID_ARGUMENT naming the reason; a MemoryError propagates (the
+    decode worker reports it with its memory limit).
     """
     where = f"instance {header.index}"
+    if header.inflated is not None:  # a deflated file: decode the inflated data set
+        data = header.inflated
     try:
         decoded = _display(data, header, options)
     except TriageError:
         raise
     except DicomDecodeError as exc:
+        if isinstance(exc.__cause__, MemoryError):
+            raise MemoryError from None  # the caller names its memory limit
         if exc.__cause__ is None:  # triage_common's own message: names attributes, not values
             raise InvalidStudy(f"{where}: {exc}") from None
         raise InvalidStudy(
@@ -356,10 +268,17 @@ def decode_instance(data: bytes, header: InstanceHeader, options: DecodeOptions)
             f"({type(exc.__cause__).__name__}; truncated or corrupt)"
         ) from None
     except MemoryError:
-        raise TooLarge(f"{where}: not enough memory to decode the pixel data") from None
+        raise
     except Exception as exc:  # e.g. a non-numeric RescaleSlope or window
         raise InvalidStudy(
             f"{where}: the image attributes cannot be interpreted ({type(exc).__name__})"
+        ) from None
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # a native codec's panic (e.g. pyo3's PanicException)
+        raise DecoderFailed(
+            f"{where}: the decoder failed on the pixel data ({type(exc).__name__}): "
+            "malformed or hostile data"
         ) from None
     if not np.isfinite(decoded.display).all():
         raise InvalidStudy(f"{where}: decoded pixel values are not finite")

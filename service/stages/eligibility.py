@@ -32,6 +32,7 @@ from collections.abc import Sequence
 from service.config import EligibilityConfig
 from service.core.errors import InvalidStudy, NotEligible
 from service.core.types import Ignored, InstanceHeader, Selection
+from service.stages.defined_terms import quoted
 from triage_common.logging import hash_uid
 
 #: ViewPosition values that are lateral projections.
@@ -66,19 +67,28 @@ def ineligible_reason(header: InstanceHeader, rules: EligibilityConfig) -> str |
     if not header.has_pixel_data:
         return NO_PIXEL_DATA
     if header.modality not in rules.modalities:
-        shown = header.modality or "missing"
+        shown = (
+            quoted("Modality", header.modality, rules.modalities) if header.modality else "missing"
+        )
         return f"modality {shown} is not {_join(rules.modalities)}"
     if header.body_part and header.body_part not in rules.body_parts:
-        return f"body part {header.body_part} is not {_join(rules.body_parts)}"
+        shown = quoted("BodyPartExamined", header.body_part, rules.body_parts)
+        return f"body part {shown} is not {_join(rules.body_parts)}"
     if not header.body_part and not rules.allow_missing_body_part:
         return "BodyPartExamined is missing"
     if header.photometric not in GRAYSCALE or header.samples_per_pixel != 1:
-        return f"PhotometricInterpretation {header.photometric or 'missing'} is not grayscale"
+        shown = (
+            quoted("PhotometricInterpretation", header.photometric)
+            if header.photometric
+            else "missing"
+        )
+        return f"PhotometricInterpretation {shown} is not grayscale"
     view = header.view_position
     if view in LATERAL_VIEWS:
-        return f"lateral view ({view})"
+        return f"lateral view ({quoted('ViewPosition', view)})"
     if view and view not in rules.frontal_views:
-        return f"view position {view} is not frontal ({_join(rules.frontal_views)})"
+        shown = quoted("ViewPosition", view, rules.frontal_views)
+        return f"view position {shown} is not frontal ({_join(rules.frontal_views)})"
     if not view and not rules.allow_missing_view:
         return "ViewPosition is missing"
     return None

@@ -14,6 +14,12 @@ the policy id as ``version``. A policy made for another bundle is refused at sta
 swaps the policy object atomically; a request always uses the one policy it read at its start,
 so no request is dropped or sees half of each. A file that fails to load (malformed, another
 bundle, cost outside the override bounds) keeps the old policy and logs an error.
+
+Per-request costs are a privilege: a request may set its own defer cost only within
+``[policy.min_defer_cost, policy.max_defer_cost]``, and the upper bound defaults to the cost in
+force, so by default a client may defer more (a lower cost) but never auto-report more than the
+deployment does. Raising ``policy.max_defer_cost`` above the cost in force is an explicit
+choice, logged as ``defer_cost_bounds_widened`` whenever such a policy is put in force.
 """
 
 from __future__ import annotations
@@ -31,7 +37,12 @@ from service.core.enums import Decision, DeferReason
 from service.core.errors import PolicyOutOfBounds
 from service.core.types import PolicyDecision
 from triage_common.logging import get_logger
-from triage_common.policy_format import CalibratedPolicy, PolicyFileError, read_policy
+from triage_common.policy_format import (
+    CalibratedPolicy,
+    MonitoringReference,
+    PolicyFileError,
+    read_policy,
+)
 
 log = get_logger("service.policy")
 
@@ -47,20 +58,31 @@ class Policy:
     defer_cost: float
     ood_threshold: float
     min_defer_cost: float = 0.0
-    max_defer_cost: float = 1.0
+    max_defer_cost: float | None = None  # None: the policy's own defer cost
     version: str = ""  # empty: the bundle default; a calibrated policy sets its id
     recalibrate: Callable[[float], Any] = _identity  # e.g. a calibration Recalibration map
+    monitoring: MonitoringReference | None = None  # the calibration set's, for drift metrics
+
+    @property
+    def upper_bound(self) -> float:
+        """The highest cost a request may set (the policy's own cost unless widened)."""
+        return self.defer_cost if self.max_defer_cost is None else self.max_defer_cost
 
     def cost_for(self, override: float | None) -> float:
         """The cost a request gets: its override (checked against the bounds) or the default."""
         if override is None:
             return self.defer_cost
-        if not math.isfinite(override) or not (
-            self.min_defer_cost <= override <= self.max_defer_cost
-        ):
+        high = self.upper_bound
+        if not math.isfinite(override) or not (self.min_defer_cost <= override <= high):
+            hint = (
+                " (a request may lower the cost, deferring more, but not raise it above the "
+                "cost in force unless policy.max_defer_cost allows it)"
+                if self.max_defer_cost is None and math.isfinite(override) and override > high
+                else ""
+            )
             raise PolicyOutOfBounds(
                 f"defer_cost {override} is outside the server's bounds "
-                f"[{self.min_defer_cost}, {self.max_defer_cost}]"
+                f"[{self.min_defer_cost}, {high}]{hint}"
             )
         return override
 
@@ -89,39 +111,65 @@ class StaticPolicySource:
             self._policy = policy
 
 
+def _within_bounds(cost: float, config: PolicyConfig) -> bool:
+    high = cost if config.max_defer_cost is None else config.max_defer_cost
+    return config.min_defer_cost <= cost <= high
+
+
+def _bounds(config: PolicyConfig) -> str:
+    high = "the cost in force" if config.max_defer_cost is None else config.max_defer_cost
+    return f"[policy.min_defer_cost, policy.max_defer_cost] = [{config.min_defer_cost}, {high}]"
+
+
+def _log_widening(policy: Policy) -> Policy:
+    """Log when requests may raise the cost above the one in force (auto-report more)."""
+    if policy.max_defer_cost is not None and policy.max_defer_cost > policy.defer_cost:
+        log.warning(
+            "defer_cost_bounds_widened",
+            defer_cost=policy.defer_cost,
+            max_defer_cost=policy.max_defer_cost,
+            policy_version=policy.version,
+            detail="requests may set a defer cost above the one in force and so switch "
+            "deferral down (policy.max_defer_cost)",
+        )
+    return policy
+
+
 def policy_from_bundle(bundle: Bundle, config: PolicyConfig) -> Policy:
     """The default policy: the bundle's cost (or ``policy.defer_cost``) and OOD threshold."""
     cost = bundle.defer_cost if config.defer_cost is None else config.defer_cost
-    if not config.min_defer_cost <= cost <= config.max_defer_cost:
+    if not _within_bounds(cost, config):
         raise ValueError(
             f"the default defer cost {cost} (from "
             f"{'the bundle' if config.defer_cost is None else 'policy.defer_cost'}) lies outside "
-            f"[policy.min_defer_cost, policy.max_defer_cost] = "
-            f"[{config.min_defer_cost}, {config.max_defer_cost}]"
+            f"{_bounds(config)}"
         )
-    return Policy(
-        defer_cost=cost,
-        ood_threshold=bundle.ood_threshold,
-        min_defer_cost=config.min_defer_cost,
-        max_defer_cost=config.max_defer_cost,
+    return _log_widening(
+        Policy(
+            defer_cost=cost,
+            ood_threshold=bundle.ood_threshold,
+            min_defer_cost=config.min_defer_cost,
+            max_defer_cost=config.max_defer_cost,
+        )
     )
 
 
 def policy_from_calibration(calibrated: CalibratedPolicy, config: PolicyConfig) -> Policy:
     """The policy a calibrated policy file describes, with the override bounds of ``config``."""
-    if not config.min_defer_cost <= calibrated.defer_cost <= config.max_defer_cost:
+    if not _within_bounds(calibrated.defer_cost, config):
         raise PolicyFileError(
-            f"the calibrated defer cost {calibrated.defer_cost} lies outside "
-            f"[policy.min_defer_cost, policy.max_defer_cost] = "
-            f"[{config.min_defer_cost}, {config.max_defer_cost}]"
+            f"the calibrated defer cost {calibrated.defer_cost} lies outside {_bounds(config)}"
         )
-    return Policy(
-        defer_cost=calibrated.defer_cost,
-        ood_threshold=calibrated.ood_threshold,
-        min_defer_cost=config.min_defer_cost,
-        max_defer_cost=config.max_defer_cost,
-        version=calibrated.policy_id,
-        recalibrate=calibrated.recalibration,
+    return _log_widening(
+        Policy(
+            defer_cost=calibrated.defer_cost,
+            ood_threshold=calibrated.ood_threshold,
+            min_defer_cost=config.min_defer_cost,
+            max_defer_cost=config.max_defer_cost,
+            version=calibrated.policy_id,
+            recalibrate=calibrated.recalibration,
+            monitoring=calibrated.monitoring,
+        )
     )
 
 

@@ -1,14 +1,36 @@
-"""The durable worklist: a small interface and its SQLite implementation.
+"""The durable worklist: a small interface (:class:`WorklistStore`) and its SQLite implementation.
 
 SQLite runs in WAL mode with ``synchronous=FULL``: a call returns only after its transaction is
 on disk, so a result acknowledged to a client survives a crash (SIGKILL, power loss of the
-process). Every write is one transaction; claims take the write lock first (``BEGIN
-IMMEDIATE``), so two readers can never claim one item.
+process). Every change is one transaction and writes its audit entry in that same transaction;
+writers take the write lock first (``BEGIN IMMEDIATE``), so two readers can never claim one
+item and audit numbers are committed in increasing order. The schema is versioned
+(:mod:`service.worklist.schema`), migrated at start-up.
 
-Idempotency: one active item per (study, bundle). Recording the same study with the same bundle
-again returns the stored result and adds nothing; recording it with another bundle adds a new
-item and marks the earlier one superseded (QUEUED or CLAIMED items become SUPERSEDED; a
-COMPLETED read stays COMPLETED), with an audit entry either way.
+Results and idempotency. Every triage result is stored with its decision inputs: the bundle id,
+the policy version and the defer cost applied (with who set the cost and who sent the study).
+When a result for a study arrives (:meth:`WorklistStore.record`):
+
+- the same decision inputs as the study's latest stored result: REPLAYED, the stored result is
+  returned and nothing is written (a PACS retry);
+- otherwise the result is recorded (a first triage, or a re-triage with another bundle, policy or
+  cost) and placed on the study's active item:
+
+  - none yet: a new QUEUED item (NEW);
+  - QUEUED: a new QUEUED item, the old one SUPERSEDED pointing at it (REQUEUED);
+  - CLAIMED: the new result replaces the item's result; reader and lease stay (ATTACHED);
+  - COMPLETED: never queued again; the new result is kept as the item's ``latest_result``
+    beside the result its final labels were read against (ATTACHED).
+
+  An item's priority never drops: a placed result gets at least the highest priority any item of
+  the study ever had. A re-triage of a CLAIMED or COMPLETED item flags it for review
+  (``review_reason``) when the decision changed, the priority rose or a finding appeared
+  (:mod:`service.worklist.rules`); only :meth:`~WorklistStore.amend` clears the flag.
+
+Reads: :meth:`~WorklistStore.complete` and :meth:`~WorklistStore.amend` take a value for every
+label of the item's result (``True``, ``False``, or ``None``: not assessed) and refuse unknown
+labels. Audit entries carry a snapshot of the item right after the change, which
+:meth:`~WorklistStore.history` and :meth:`~WorklistStore.events_since` (Watch) return.
 
 The store is patient-data grade (it holds study UIDs); nothing here logs them.
 """
@@ -20,23 +42,37 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
-from service.core.enums import Priority
+from service.core.enums import Decision, Priority
 from service.core.errors import Conflict, NotFound, WorklistError
+from service.worklist.rules import (
+    ResultFacts,
+    checked_read,
+    describe_change,
+    review_reason,
+    same_inputs,
+)
+from service.worklist.schema import migrate
 
 QUEUED, CLAIMED, COMPLETED, SUPERSEDED = "QUEUED", "CLAIMED", "COMPLETED", "SUPERSEDED"
 STATES = (QUEUED, CLAIMED, COMPLETED, SUPERSEDED)
 SYSTEM = "system"
 
+#: Outcomes of :meth:`WorklistStore.record`.
+NEW, REQUEUED, ATTACHED, REPLAYED = "NEW", "REQUEUED", "ATTACHED", "REPLAYED"
+
+#: A read: label -> present (True), absent (False) or not assessed (None).
+Read = dict[str, bool | None]
+
 
 @dataclass(frozen=True)
 class Item:
-    """One study on a worklist."""
+    """One study on a worklist (or, in an :class:`Event`, as it was right after the event)."""
 
     item_id: str
     study_uid: str
@@ -49,13 +85,23 @@ class Item:
     updated: float
     claimed_by: str = ""
     lease_expires: float = 0.0
-    final_labels: dict[str, bool] = field(default_factory=dict)
+    final_labels: Read = field(default_factory=dict)
     superseded_by: str = ""
+    labels: tuple[str, ...] = ()  # the labels of ``result`` (empty: unknown, schema 1 rows)
+    review_reason: str = ""
+    latest_result: bytes = b""  # COMPLETED: a result recorded after completion
+    result_id: int = 0
+    latest_result_id: int = 0
+
+    @property
+    def needs_review(self) -> bool:
+        """True while the item is flagged for review."""
+        return bool(self.review_reason)
 
 
 @dataclass(frozen=True)
 class Event:
-    """One audit entry: who changed what, when."""
+    """One audit entry: who changed what, when, and the item right after it."""
 
     seq: int
     item_id: str
@@ -65,23 +111,76 @@ class Event:
     from_state: str
     to_state: str
     detail: str = ""
+    item: Item | None = None  # None for entries written before schema 2 (no snapshot)
+
+
+@dataclass(frozen=True)
+class Triaged:
+    """A triage result to record: its decision inputs, decision, labels and routing."""
+
+    study_uid: str
+    bundle_id: str
+    policy_version: str
+    defer_cost: float
+    decision: Decision
+    worklist: str
+    priority: Priority
+    labels: tuple[str, ...] = ()
+    findings_present: tuple[str, ...] = ()
+    cost_set_by: str = ""
+    caller: str = ""
+
+    def facts(self) -> ResultFacts:
+        """What the replay and review rules compare."""
+        return ResultFacts(
+            self.bundle_id,
+            self.policy_version,
+            self.defer_cost,
+            self.decision.name,
+            self.findings_present,
+            self.priority,
+        )
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a recorded result lands: the item, its worklist, priority and state."""
+
+    item_id: str
+    worklist: str
+    priority: Priority
+    state: str
+
+
+#: Turns a placement into the result bytes to store (and return): the front door sets the item
+#: id and the placed priority on its wire message, so a replay returns exactly those bytes.
+Encoder = Callable[[Placement], bytes]
 
 
 @dataclass(frozen=True)
 class Recorded:
-    """Outcome of :meth:`WorklistStore.record`: the stored item and whether it was new."""
+    """Outcome of :meth:`WorklistStore.record`: the item, what happened, the result returned."""
 
     item: Item
-    created: bool
+    outcome: str  # NEW, REQUEUED, ATTACHED or REPLAYED
+    result: bytes  # the new result as stored, or the stored result replayed
     superseded: tuple[str, ...] = ()
+
+    @property
+    def replayed(self) -> bool:
+        """True when the stored result was returned and nothing was written."""
+        return self.outcome == REPLAYED
+
+    @property
+    def created(self) -> bool:
+        """True when a new item was queued."""
+        return self.outcome in (NEW, REQUEUED)
 
 
 class WorklistStore(Protocol):
     """What the service needs from a worklist database (SQLite here; others may follow)."""
 
-    def record(
-        self, study_uid: str, bundle_id: str, worklist: str, priority: Priority, result: bytes
-    ) -> Recorded: ...
+    def record(self, triaged: Triaged, encode: Encoder) -> Recorded: ...
 
     def get(self, item_id: str) -> Item: ...
 
@@ -91,6 +190,7 @@ class WorklistStore(Protocol):
         states: Sequence[str] = (QUEUED, CLAIMED),
         min_priority: Priority = Priority.ROUTINE,
         limit: int = 100,
+        needs_review: bool = False,
     ) -> list[Item]: ...
 
     def claim(
@@ -99,7 +199,13 @@ class WorklistStore(Protocol):
 
     def release(self, item_id: str, reader: str) -> Item: ...
 
-    def complete(self, item_id: str, reader: str, final_labels: dict[str, bool]) -> Item: ...
+    def complete(
+        self, item_id: str, reader: str, final_labels: Mapping[str, bool | None]
+    ) -> Item: ...
+
+    def amend(
+        self, item_id: str, reader: str, final_labels: Mapping[str, bool | None], reason: str
+    ) -> Item: ...
 
     def history(self, item_id: str) -> list[Event]: ...
 
@@ -110,44 +216,27 @@ class WorklistStore(Protocol):
     def close(self) -> None: ...
 
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS items (
-    item_id TEXT PRIMARY KEY,
-    study_uid TEXT NOT NULL,
-    bundle_id TEXT NOT NULL,
-    worklist TEXT NOT NULL,
-    priority INTEGER NOT NULL,
-    state TEXT NOT NULL,
-    result BLOB NOT NULL,
-    created REAL NOT NULL,
-    updated REAL NOT NULL,
-    claimed_by TEXT NOT NULL DEFAULT '',
-    lease_expires REAL NOT NULL DEFAULT 0,
-    final_labels TEXT NOT NULL DEFAULT '{}',
-    superseded_by TEXT NOT NULL DEFAULT ''
-);
-CREATE UNIQUE INDEX IF NOT EXISTS one_item_per_study_bundle ON items (study_uid, bundle_id);
-CREATE INDEX IF NOT EXISTS by_queue ON items (state, worklist, priority DESC, created);
-CREATE TABLE IF NOT EXISTS audit (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    item_id TEXT NOT NULL,
-    at REAL NOT NULL,
-    actor TEXT NOT NULL,
-    action TEXT NOT NULL,
-    from_state TEXT NOT NULL,
-    to_state TEXT NOT NULL,
-    detail TEXT NOT NULL DEFAULT ''
-);
-CREATE INDEX IF NOT EXISTS audit_by_item ON audit (item_id, seq);
-"""
-
-_COLUMNS = (
-    "item_id, study_uid, bundle_id, worklist, priority, state, result, created, updated, "
-    "claimed_by, lease_expires, final_labels, superseded_by"
+_ITEM_COLUMNS = (
+    "i.item_id, i.study_uid, i.bundle_id, i.worklist, i.priority, i.state, i.result, i.created, "
+    "i.updated, i.claimed_by, i.lease_expires, i.final_labels, i.superseded_by, i.result_id, "
+    "i.latest_result_id, i.review_reason"
 )
+_ITEM_SELECT = (
+    f"SELECT {_ITEM_COLUMNS}, r.labels AS labels, l.result AS latest_result FROM items i "
+    "LEFT JOIN results r ON r.result_id = i.result_id "
+    "LEFT JOIN results l ON l.result_id = i.latest_result_id"
+)
+_SNAPSHOT_KEYS = (
+    "item_id", "study_uid", "bundle_id", "worklist", "priority", "state", "created", "updated",
+    "claimed_by", "lease_expires", "final_labels", "superseded_by", "result_id",
+    "latest_result_id", "review_reason",
+)  # fmt: skip
 
 
-def _item(row: sqlite3.Row) -> Item:
+def _item(
+    row: Mapping[str, Any] | sqlite3.Row, result: bytes, labels: str | None, latest: bytes
+) -> Item:
+    final = row["final_labels"]
     return Item(
         item_id=row["item_id"],
         study_uid=row["study_uid"],
@@ -155,13 +244,34 @@ def _item(row: sqlite3.Row) -> Item:
         worklist=row["worklist"],
         priority=Priority(row["priority"]),
         state=row["state"],
-        result=bytes(row["result"]),
+        result=result,
         created=row["created"],
         updated=row["updated"],
         claimed_by=row["claimed_by"],
         lease_expires=row["lease_expires"],
-        final_labels=json.loads(row["final_labels"]),
+        final_labels=json.loads(final) if isinstance(final, str) else dict(final),
         superseded_by=row["superseded_by"],
+        labels=tuple(json.loads(labels or "[]")),
+        review_reason=row["review_reason"],
+        latest_result=latest,
+        result_id=int(row["result_id"]),
+        latest_result_id=int(row["latest_result_id"]),
+    )
+
+
+def _row_item(row: sqlite3.Row) -> Item:
+    latest = row["latest_result"]
+    return _item(row, bytes(row["result"]), row["labels"], bytes(latest) if latest else b"")
+
+
+def _facts(row: sqlite3.Row) -> ResultFacts:
+    return ResultFacts(
+        bundle_id=row["bundle_id"],
+        policy_version=row["policy_version"],
+        defer_cost=row["defer_cost"],
+        decision=row["decision"],
+        findings_present=tuple(json.loads(row["findings"])),
+        priority=Priority(row["priority"]),
     )
 
 
@@ -175,7 +285,7 @@ class SqliteWorklistStore:
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._db().executescript(_SCHEMA)  # idempotent DDL; executescript manages its own commit
+        self.schema_version = migrate(self._db())
 
     def _now(self) -> float:
         return float(self._clock())
@@ -206,15 +316,36 @@ class SqliteWorklistStore:
             raise
         db.execute("COMMIT")
 
+    # -- reading rows ----------------------------------------------------------------------
+
+    def _get(self, db: sqlite3.Connection, item_id: str) -> Item:
+        row = db.execute(f"{_ITEM_SELECT} WHERE i.item_id = ?", (item_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"no worklist item {item_id!r}")
+        return _row_item(row)
+
+    def _result_row(self, db: sqlite3.Connection, result_id: int) -> sqlite3.Row | None:
+        row: sqlite3.Row | None = db.execute(
+            "SELECT * FROM results WHERE result_id = ?", (result_id,)
+        ).fetchone()
+        return row
+
+    # -- writing ---------------------------------------------------------------------------
+
     def _audit(
         self, db: sqlite3.Connection, item_id: str, actor: str, action: str, old: str, new: str,
         detail: str = "",
     ) -> None:  # fmt: skip
+        """One audit entry with a snapshot of the item as it is now (after the change)."""
+        row = db.execute("SELECT * FROM items WHERE item_id = ?", (item_id,)).fetchone()
+        snapshot = {key: row[key] for key in _SNAPSHOT_KEYS}
+        snapshot["final_labels"] = json.loads(row["final_labels"])
         db.execute(
-            "INSERT INTO audit (item_id, at, actor, action, from_state, to_state, detail) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (item_id, self._now(), actor, action, old, new, detail),
-        )
+            "INSERT INTO audit (item_id, at, actor, action, from_state, to_state, detail, "
+            "snapshot) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (item_id, self._now(), actor, action, old, new, detail,
+             json.dumps(snapshot, sort_keys=True)),
+        )  # fmt: skip
 
     def _expire_leases(self, db: sqlite3.Connection) -> None:
         now = self._now()
@@ -231,46 +362,116 @@ class SqliteWorklistStore:
             self._audit(db, row["item_id"], SYSTEM, "lease-expired", CLAIMED, QUEUED,
                         f"lease of {row['claimed_by']} expired")  # fmt: skip
 
-    def _get(self, db: sqlite3.Connection, item_id: str) -> Item:
-        row = db.execute(f"SELECT {_COLUMNS} FROM items WHERE item_id = ?", (item_id,)).fetchone()
-        if row is None:
-            raise NotFound(f"no worklist item {item_id!r}")
-        return _item(row)
+    def _insert_result(
+        self, db: sqlite3.Connection, item_id: str, t: Triaged, blob: bytes, priority: Priority
+    ) -> int:
+        cursor = db.execute(
+            "INSERT INTO results (item_id, study_uid, bundle_id, policy_version, defer_cost, "
+            "cost_set_by, caller, decision, labels, findings, worklist, priority, result, "
+            "recorded) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (item_id, t.study_uid, t.bundle_id, t.policy_version, t.defer_cost, t.cost_set_by,
+             t.caller, t.decision.name, json.dumps(list(t.labels)),
+             json.dumps(sorted(t.findings_present)), t.worklist, int(priority), blob,
+             self._now()),
+        )  # fmt: skip
+        return int(cursor.lastrowid or 0)
 
-    def record(
-        self, study_uid: str, bundle_id: str, worklist: str, priority: Priority, result: bytes
-    ) -> Recorded:
-        """Store a triage result as a QUEUED item (idempotent per study and bundle)."""
+    @staticmethod
+    def _queued_detail(t: Triaged, priority: Priority) -> str:
+        return (
+            f"{t.worklist} {priority.name}; {t.decision.name} at cost {t.defer_cost:g} set by "
+            f"{t.cost_set_by or 'unknown'}; bundle {t.bundle_id}; policy "
+            f"{t.policy_version or 'none'}; sent by {t.caller or 'unknown'}"
+        )
+
+    def record(self, triaged: Triaged, encode: Encoder) -> Recorded:
+        """Store a triage result (or replay the stored one); see the module docstring."""
+        t = triaged
         with self._transaction() as db:
-            row = db.execute(
-                f"SELECT {_COLUMNS} FROM items WHERE study_uid = ? AND bundle_id = ?",
-                (study_uid, bundle_id),
+            latest = db.execute(
+                "SELECT * FROM results WHERE study_uid = ? ORDER BY result_id DESC LIMIT 1",
+                (t.study_uid,),
             ).fetchone()
-            if row is not None:
-                return Recorded(_item(row), created=False)
-            now = self._now()
-            item_id = uuid.uuid4().hex
-            earlier = db.execute(
-                "SELECT item_id, state FROM items WHERE study_uid = ? AND superseded_by = ''",
-                (study_uid,),
-            ).fetchall()
+            if latest is not None and same_inputs(_facts(latest), t.facts()):
+                item = self._get(db, latest["item_id"])
+                return Recorded(item, REPLAYED, bytes(latest["result"]))
+            active_row = db.execute(
+                "SELECT item_id FROM items WHERE study_uid = ? AND superseded_by = ''",
+                (t.study_uid,),
+            ).fetchone()
+            active = None if active_row is None else self._get(db, active_row["item_id"])
+            floor = db.execute(
+                "SELECT MAX(priority) FROM items WHERE study_uid = ?", (t.study_uid,)
+            ).fetchone()[0]
+            priority = max(t.priority, Priority(floor)) if floor else t.priority
+            change = ""
+            if latest is not None:
+                change = describe_change(_facts(latest), t.facts())
+            if active is None or active.state in (QUEUED, SUPERSEDED):
+                return self._queue(db, t, encode, priority, active, change)
+            return self._attach(db, t, encode, priority, active, change)
+
+    def _queue(
+        self, db: sqlite3.Connection, t: Triaged, encode: Encoder, priority: Priority,
+        earlier: Item | None, change: str,
+    ) -> Recorded:  # fmt: skip
+        now = self._now()
+        item_id = uuid.uuid4().hex
+        if earlier is not None:  # give up the active slot first (one active item per study)
             db.execute(
-                f"INSERT INTO items ({_COLUMNS}) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, '', 0, '{}', '')",
-                (item_id, study_uid, bundle_id, worklist, int(priority), QUEUED, result, now, now),
+                "UPDATE items SET state = ?, superseded_by = ?, updated = ? WHERE item_id = ?",
+                (SUPERSEDED, item_id, now, earlier.item_id),
             )
-            self._audit(db, item_id, SYSTEM, "queued", "", QUEUED, f"{worklist} {priority.name}")
-            superseded = []
-            for old in earlier:
-                new_state = old["state"] if old["state"] == COMPLETED else SUPERSEDED
-                db.execute(
-                    "UPDATE items SET state = ?, superseded_by = ?, updated = ? WHERE item_id = ?",
-                    (new_state, item_id, now, old["item_id"]),
-                )
-                self._audit(db, old["item_id"], SYSTEM, "superseded", old["state"], new_state,
-                            f"re-triaged with bundle {bundle_id} as item {item_id}")  # fmt: skip
-                superseded.append(old["item_id"])
-            return Recorded(self._get(db, item_id), created=True, superseded=tuple(superseded))
+        blob = encode(Placement(item_id, t.worklist, priority, QUEUED))
+        db.execute(
+            "INSERT INTO items (item_id, study_uid, bundle_id, worklist, priority, state, result, "
+            "created, updated, result_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0)",
+            (item_id, t.study_uid, t.bundle_id, t.worklist, int(priority), QUEUED, blob, now, now),
+        )
+        result_id = self._insert_result(db, item_id, t, blob, priority)
+        db.execute("UPDATE items SET result_id = ? WHERE item_id = ?", (result_id, item_id))
+        detail = self._queued_detail(t, priority)
+        if earlier is not None:
+            self._audit(db, earlier.item_id, SYSTEM, "superseded", earlier.state, SUPERSEDED,
+                        f"re-triaged as item {item_id}: {change}")  # fmt: skip
+            detail += f"; re-triage of item {earlier.item_id}: {change}"
+        self._audit(db, item_id, SYSTEM, "queued", "", QUEUED, detail)
+        superseded = () if earlier is None else (earlier.item_id,)
+        outcome = NEW if earlier is None else REQUEUED
+        return Recorded(self._get(db, item_id), outcome, blob, superseded)
+
+    def _attach(
+        self, db: sqlite3.Connection, t: Triaged, encode: Encoder, priority: Priority,
+        item: Item, change: str,
+    ) -> Recorded:  # fmt: skip
+        now = self._now()
+        priority = max(priority, item.priority)
+        blob = encode(Placement(item.item_id, item.worklist, priority, item.state))
+        result_id = self._insert_result(db, item.item_id, t, blob, priority)
+        before = self._result_row(db, item.result_id)
+        reason = "" if before is None else review_reason(_facts(before), t.facts(), item.state)
+        if before is None:
+            reason = f"re-triaged (bundle {t.bundle_id}): the earlier result is unknown"
+        review = reason or item.review_reason
+        if item.state == CLAIMED:  # the reader keeps the item and sees the new result
+            db.execute(
+                "UPDATE items SET result = ?, result_id = ?, priority = ?, review_reason = ?, "
+                "updated = ? WHERE item_id = ?",
+                (blob, result_id, int(priority), review, now, item.item_id),
+            )
+        else:  # COMPLETED: the read stays with its result; the new one is its latest result
+            db.execute(
+                "UPDATE items SET latest_result_id = ?, priority = ?, review_reason = ?, "
+                "updated = ? WHERE item_id = ?",
+                (result_id, int(priority), review, now, item.item_id),
+            )
+        detail = f"{self._queued_detail(t, priority)}; {change}"
+        if reason:
+            detail += f"; flagged for review: {reason}"
+        self._audit(db, item.item_id, SYSTEM, "re-triaged", item.state, item.state, detail)
+        return Recorded(self._get(db, item.item_id), ATTACHED, blob)
+
+    # -- items -----------------------------------------------------------------------------
 
     def get(self, item_id: str) -> Item:
         """One item by id."""
@@ -284,6 +485,7 @@ class SqliteWorklistStore:
         states: Sequence[str] = (QUEUED, CLAIMED),
         min_priority: Priority = Priority.ROUTINE,
         limit: int = 100,
+        needs_review: bool = False,
     ) -> list[Item]:
         """Items by priority (highest first), then age (oldest first)."""
         unknown = set(states) - set(STATES)
@@ -291,9 +493,10 @@ class SqliteWorklistStore:
             raise WorklistError(f"unknown item state(s) {sorted(unknown)}")
         marks = ",".join("?" * len(states))
         query = (
-            f"SELECT {_COLUMNS} FROM items WHERE state IN ({marks}) AND priority >= ?"
-            + (" AND worklist = ?" if worklist else "")
-            + " ORDER BY priority DESC, created ASC, item_id LIMIT ?"
+            f"{_ITEM_SELECT} WHERE i.state IN ({marks}) AND i.priority >= ?"
+            + (" AND i.worklist = ?" if worklist else "")
+            + (" AND i.review_reason <> ''" if needs_review else "")
+            + " ORDER BY i.priority DESC, i.created ASC, i.item_id LIMIT ?"
         )
         params: list[object] = [*states, int(min_priority)]
         if worklist:
@@ -301,7 +504,7 @@ class SqliteWorklistStore:
         params.append(limit)
         with self._transaction() as db:
             self._expire_leases(db)
-            return [_item(r) for r in db.execute(query, params).fetchall()]
+            return [_row_item(r) for r in db.execute(query, params).fetchall()]
 
     def claim(
         self, reader: str, item_id: str = "", worklist: str = "", lease_s: float = 900.0
@@ -319,14 +522,14 @@ class SqliteWorklistStore:
                     raise Conflict(f"item {item_id} is {item.state}, not QUEUED")
             else:
                 row = db.execute(
-                    f"SELECT {_COLUMNS} FROM items WHERE state = ?"
+                    "SELECT item_id FROM items WHERE state = ?"
                     + (" AND worklist = ?" if worklist else "")
                     + " ORDER BY priority DESC, created ASC, item_id LIMIT 1",
                     (QUEUED, worklist) if worklist else (QUEUED,),
                 ).fetchone()
                 if row is None:
                     raise NotFound(f"no QUEUED item on {worklist or 'any worklist'}")
-                item = _item(row)
+                item = self._get(db, row["item_id"])
             now = self._now()
             db.execute(
                 "UPDATE items SET state = ?, claimed_by = ?, lease_expires = ?, updated = ? "
@@ -338,58 +541,126 @@ class SqliteWorklistStore:
             )
             return self._get(db, item.item_id)
 
-    def _holder_change(self, item_id: str, reader: str, action: str, new_state: str,
-                       labels: dict[str, bool] | None = None) -> Item:  # fmt: skip
-        with self._transaction() as db:
-            self._expire_leases(db)
-            item = self._get(db, item_id)
-            if item.state != CLAIMED:
-                raise Conflict(f"item {item_id} is {item.state}, not CLAIMED")
-            if item.claimed_by != reader:
-                raise Conflict(f"item {item_id} is claimed by another reader")
-            now = self._now()
-            db.execute(
-                "UPDATE items SET state = ?, claimed_by = ?, lease_expires = 0, updated = ?, "
-                "final_labels = ? WHERE item_id = ?",
-                (
-                    new_state,
-                    reader if new_state == COMPLETED else "",
-                    now,
-                    json.dumps(labels if labels is not None else item.final_labels, sort_keys=True),
-                    item_id,
-                ),
-            )
-            detail = json.dumps(labels, sort_keys=True) if labels is not None else ""
-            self._audit(db, item_id, reader, action, CLAIMED, new_state, detail)
-            return self._get(db, item_id)
-
     def release(self, item_id: str, reader: str) -> Item:
         """Give a claimed item back to the queue."""
-        return self._holder_change(item_id, reader, "released", QUEUED)
+        with self._transaction() as db:
+            item = self._held(db, item_id, reader)
+            db.execute(
+                "UPDATE items SET state = ?, claimed_by = '', lease_expires = 0, updated = ? "
+                "WHERE item_id = ?",
+                (QUEUED, self._now(), item_id),
+            )
+            self._audit(db, item_id, reader, "released", CLAIMED, QUEUED, "")
+            return self._get(db, item.item_id)
 
-    def complete(self, item_id: str, reader: str, final_labels: dict[str, bool]) -> Item:
-        """Close a claimed item with the radiologist's final labels."""
-        if not final_labels:
-            raise WorklistError("completing an item needs the final labels")
-        return self._holder_change(item_id, reader, "completed", COMPLETED, final_labels)
+    def complete(self, item_id: str, reader: str, final_labels: Mapping[str, bool | None]) -> Item:
+        """Close a claimed item with the reader's final labels (one per label of its result)."""
+        with self._transaction() as db:
+            item = self._held(db, item_id, reader)
+            read = checked_read(item.labels, final_labels)
+            text = json.dumps(read, sort_keys=True)
+            db.execute(
+                "UPDATE items SET state = ?, lease_expires = 0, updated = ?, final_labels = ? "
+                "WHERE item_id = ?",
+                (COMPLETED, self._now(), text, item_id),
+            )
+            self._audit(db, item_id, reader, "completed", CLAIMED, COMPLETED, text)
+            return self._get(db, item_id)
+
+    def amend(
+        self, item_id: str, reader: str, final_labels: Mapping[str, bool | None], reason: str
+    ) -> Item:
+        """Correct the final labels of a COMPLETED item (audited); clears its review flag."""
+        if not reader:
+            raise WorklistError("a reader name is required to amend a read")
+        if not reason.strip():
+            raise WorklistError("amending a read needs a reason")
+        with self._transaction() as db:
+            item = self._get(db, item_id)
+            if item.state != COMPLETED:
+                raise Conflict(f"item {item_id} is {item.state}, not COMPLETED: nothing to amend")
+            read = checked_read(item.labels, final_labels, "amending")
+            db.execute(
+                "UPDATE items SET final_labels = ?, review_reason = '', updated = ? "
+                "WHERE item_id = ?",
+                (json.dumps(read, sort_keys=True), self._now(), item_id),
+            )
+            detail = {"labels": read, "previous": item.final_labels, "reason": reason}
+            if item.review_reason:
+                detail["review_cleared"] = item.review_reason
+            self._audit(db, item_id, reader, "amended", COMPLETED, COMPLETED,
+                        json.dumps(detail, sort_keys=True))  # fmt: skip
+            return self._get(db, item_id)
+
+    def _held(self, db: sqlite3.Connection, item_id: str, reader: str) -> Item:
+        """The item, after checking that ``reader`` holds its claim."""
+        self._expire_leases(db)
+        item = self._get(db, item_id)
+        if item.state != CLAIMED:
+            raise Conflict(f"item {item_id} is {item.state}, not CLAIMED")
+        if item.claimed_by != reader:
+            raise Conflict(f"item {item_id} is claimed by another reader")
+        return item
+
+    # -- audit -----------------------------------------------------------------------------
+
+    def _events(self, db: sqlite3.Connection, rows: Iterable[sqlite3.Row]) -> list[Event]:
+        rows = list(rows)
+        snapshots = [json.loads(r["snapshot"]) if r["snapshot"] else None for r in rows]
+        wanted = {
+            int(s[key]) for s in snapshots if s for key in ("result_id", "latest_result_id")
+        } - {0}
+        results: dict[int, sqlite3.Row] = {}
+        ids = sorted(wanted)
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for r in db.execute(
+                f"SELECT result_id, result, labels FROM results WHERE result_id IN ({marks})",
+                chunk,
+            ).fetchall():
+                results[int(r["result_id"])] = r
+        events = []
+        for row, snap in zip(rows, snapshots, strict=True):
+            item = None
+            if snap is not None:
+                current = results.get(int(snap["result_id"]))
+                latest = results.get(int(snap["latest_result_id"]))
+                item = _item(
+                    snap,
+                    bytes(current["result"]) if current is not None else b"",
+                    current["labels"] if current is not None else None,
+                    bytes(latest["result"]) if latest is not None else b"",
+                )
+            events.append(
+                Event(
+                    seq=row["seq"],
+                    item_id=row["item_id"],
+                    at=row["at"],
+                    actor=row["actor"],
+                    action=row["action"],
+                    from_state=row["from_state"],
+                    to_state=row["to_state"],
+                    detail=row["detail"],
+                    item=item,
+                )
+            )
+        return events
 
     def history(self, item_id: str) -> list[Event]:
-        """Every state change of one item, oldest first."""
-        rows = (
-            self._db()
-            .execute("SELECT * FROM audit WHERE item_id = ? ORDER BY seq", (item_id,))
-            .fetchall()
-        )
-        return [Event(**dict(r)) for r in rows]
+        """Every change of one item, oldest first, each with the item as it was then."""
+        db = self._db()
+        rows = db.execute("SELECT * FROM audit WHERE item_id = ? ORDER BY seq", (item_id,))
+        events = self._events(db, rows.fetchall())
+        if not events:
+            self._get(db, item_id)  # NotFound for an unknown item
+        return events
 
     def events_since(self, seq: int, limit: int = 500) -> list[Event]:
-        """Audit entries after ``seq`` (for Watch streams)."""
-        rows = (
-            self._db()
-            .execute("SELECT * FROM audit WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit))
-            .fetchall()
-        )
-        return [Event(**dict(r)) for r in rows]
+        """Audit entries after ``seq``, in order (Watch streams)."""
+        db = self._db()
+        rows = db.execute("SELECT * FROM audit WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit))
+        return self._events(db, rows.fetchall())
 
     def latest_seq(self) -> int:
         """The newest audit entry's number (0 when there is none): where a new Watch starts."""

@@ -29,7 +29,7 @@ def test_manifest_describes_the_bundle(bundle: Bundle) -> None:
     m = bundle.manifest
     assert list(m) == list(MANIFEST_KEYS)
     assert m["format"] == BUNDLE_FORMAT and m["bundle_id"] == compute_bundle_id(m)
-    assert m["created"].endswith("Z")
+    assert m["provenance"]["created"].endswith("Z")  # the export time, outside the bundle id
     assert m["labels"] == list(LABELS)
     assert m["input"] == {"name": "image", "shape": ["batch", 1, SIZE, SIZE], "dtype": "float32"}
     assert list(m["outputs"]) == list(OUTPUTS)

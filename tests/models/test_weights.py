@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from models.densenet import DenseNet, config_by_name
-from models.weights import load_weights, normalise_state_dict
+from models.weights import WeightsError, load_weights, normalise_state_dict
 from tests.models.model_factory import ModelFactory
 
 SIZE = 96
@@ -274,3 +274,46 @@ def test_normalise_state_dict_renames_without_a_model(source_model: DenseNet) ->
     names = set(normalise_state_dict({"state_dict": state}))
     expected = {k for k in source_model.state_dict() if not k.endswith("num_batches_tracked")}
     assert names == expected
+
+
+def test_refusals_name_the_keyword_and_the_cli_flag(
+    make_model: ModelFactory, fresh_model: DenseNet
+) -> None:
+    """A refusal an option would lift names the keyword, and for the CLI the flag instead."""
+    with pytest.raises(WeightsError) as mismatch:
+        load_weights(fresh_model, make_model(num_labels=14, seed=2).state_dict())
+    assert "head='reinit'" in str(mismatch.value)
+    assert "pass --reinit-head to keep the backbone" in mismatch.value.for_cli()
+    assert "head=" not in mismatch.value.for_cli()
+    with pytest.raises(WeightsError) as rgb:
+        load_weights(fresh_model, make_model(in_channels=3, seed=8).state_dict())
+    assert rgb.value.for_cli().endswith(
+        "pass --fold-rgb to sum the RGB filters into one grayscale filter"
+    )
+
+
+@pytest.mark.slow
+def test_train_classifier_refuses_in_one_line_naming_the_flag(
+    make_model: ModelFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`triage train classifier --init-weights` with a 14-label file exits 2 with one line that
+    names --reinit-head; a missing file exits 2 naming it. No traceback either time."""
+    from tests.export.export_runs import write_csv_dataset
+    from triage_tools.cli import main
+
+    weights = tmp_path / "chexnet14.pt"
+    torch.save(make_model(num_labels=14, seed=2).state_dict(), weights)
+    data = write_csv_dataset(tmp_path / "data")
+    argv = ["train", "classifier", "--data", str(data), "--config", "compact", "--size", "64"]
+    argv += ["--epochs", "1", "--out", str(tmp_path / "run")]
+    assert main([*argv, "--init-weights", str(weights)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "head='reinit'" not in err
+    assert err.strip().splitlines()[-1] == (  # after the data preparation's progress bar
+        f"triage train classifier: --init-weights {weights}: label-count mismatch: the source "
+        "head has 14 labels, the model has 4 labels; pass --reinit-head to keep the backbone "
+        "and re-initialise the classifier"
+    )
+    assert main([*argv, "--init-weights", str(tmp_path / "missing.pt")]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.endswith("missing.pt: file does not exist") and "--init-weights" in line

@@ -43,7 +43,7 @@ def test_defaults_and_precedence(tmp_path: Path) -> None:
     assert config.inference.max_batch == 16  # env
     assert config.server.max_in_flight == 7  # file
     assert config.inference.providers == ("CUDA", "CPU")  # file list
-    assert config.decode.max_pixels == 100_000_000  # default
+    assert config.decode.max_pixels == 40_000_000  # default
     assert config.policy.defer_cost is None
 
 

@@ -1,28 +1,36 @@
-"""``triage evaluate``: the defer policy measured against the baselines, per site, with intervals.
+"""``triage evaluate``: the defer policy and every baseline, on the evaluation set itself.
 
-Runs the bundle over a labelled set through the served path (ONNX Runtime, no torch), then
-writes to ``--out``:
+Runs the bundle over a labelled set through the served path (ONNX Runtime, no torch), and the
+bundle's evaluation graph (``evaluation.onnx``) over the same preprocessed images, so every
+baseline is scored on the same studies: the Grad-CAM error model, the probabilities-only
+network of the same head, the image-only direct (DUP-style) predictor, softmax response,
+entropy, CAM concentration, random and the oracle. The permutation ablation is built in: the
+Grad-CAM error model is fed maps permuted among studies with the same predicted findings and
+similar probabilities (``--permutations`` draws, their P(error) averaged), through
+``error_head.onnx``. Writes to ``--out``:
 
-* ``report.json``: every metric of :mod:`triage_tools.calibration.evaluate` for all studies, each
-  site, and the training vs held-out site pools, with patient-level bootstrap 95 % intervals;
-* ``risk_coverage_<group>.png`` (one curve per method) and ``per_site_*.png`` (bars per site);
+* ``report.json``: every metric of :mod:`triage_tools.calibration.evaluate` for all studies,
+  each site (and the training vs held-out pools), each view, sex and age band, with
+  patient-level bootstrap 95 % intervals (paired differences included);
+* ``risk_coverage_<group>.png`` (one curve per method) and ``per_site_*.png`` (bars per group);
 * ``summary.md``: the same as Markdown tables.
 
-The probabilities-only error model of ``triage train error-model`` is not in the bundle, so it
-is not evaluated here; its figures are in that run's ``report.json`` (on the training run's
-test split), which the summary quotes when the run folder is readable.
+A bundle exported before the evaluation graph existed gets the served model and the
+label-free baselines only (the summary says which baselines are missing and why).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import re
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from service.bundle import Bundle
 from triage_common.console import print_table, track, write_json
@@ -40,9 +48,15 @@ from triage_tools.calibration.cli_common import (
 )
 
 METHOD_TITLES = {
-    "error_model": "Grad-CAM error model",
+    "error_model": "served error model",
+    "gradcam": "Grad-CAM error model",
+    "gradcam_permuted": "Grad-CAM, maps permuted",
+    "probs_only": "probabilities-only network",
+    "direct": "image-only (DUP-style)",
     "softmax_response": "softmax response",
     "entropy": "entropy",
+    "cam_entropy": "CAM entropy",
+    "cam_top5": "CAM top-5 % mass",
     "random": "random",
     "oracle": "oracle",
 }
@@ -62,50 +76,60 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--resamples", type=int, default=200, help="patient-level bootstrap resamples (200)"
     )
-    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (0)")
+    parser.add_argument(
+        "--permutations",
+        type=int,
+        default=5,
+        help="draws of the similar-probability map permutation, averaged (5; 0: no ablation)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap and permutation seed (0)")
     add_served_arguments(parser)
 
 
 def _policy(args: argparse.Namespace, bundle: Bundle) -> ev.PolicyView:
+    single = (bundle.manifest.get("ood") or {}).get("single_layer_threshold")
+    single_threshold = math.nan if single is None else float(single)
     if args.policy is None:
-        return ev.PolicyView(bundle.defer_cost, bundle.ood_threshold, Recalibration("identity"))
+        return ev.PolicyView(
+            bundle.defer_cost,
+            bundle.ood_threshold,
+            Recalibration("identity"),
+            single_layer_threshold=single_threshold,
+        )
     from triage_common.policy_format import read_policy
 
     policy = read_policy(args.policy, bundle.bundle_id)
+    target = policy.selection.get("target_risk")
     return ev.PolicyView(
         policy.defer_cost,
         policy.ood_threshold,
         policy.recalibration,
         version=policy.policy_id,
         source=str(args.policy),
+        single_layer_threshold=single_threshold,
+        target_risk=math.nan if target is None else float(target),
     )
+
+
+def permuted_scores(
+    bundle: Bundle, cal: CalibrationSet, draws: int, seed: int
+) -> np.ndarray[Any, np.dtype[np.float64]]:
+    """The Grad-CAM error model's P(error) averaged over ``draws`` similar-probability
+    permutations of the maps (:func:`ev.similar_probability_permutation`)."""
+    from triage_tools.calibration.served import error_head_scores
+
+    assert cal.cams is not None
+    rng = np.random.default_rng(seed)
+    total = np.zeros(len(cal))
+    for _ in range(draws):
+        perm = ev.similar_probability_permutation(cal.probabilities, cal.thresholds, rng)
+        total += error_head_scores(bundle, cal.probabilities, cal.cams[perm])
+    averaged: np.ndarray[Any, np.dtype[np.float64]] = total / draws
+    return averaged
 
 
 def _slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
-
-
-def _probs_only(bundle: Bundle) -> dict[str, Any]:
-    """The probabilities-only baseline's figures from the error-model run, when readable."""
-    run = bundle.manifest.get("provenance", {}).get("error_model", {}).get("run")
-    note = (
-        "not in the bundle (it is a train-time baseline); not evaluated on this set. "
-        "Its figures come from `triage train error-model`'s report.json"
-    )
-    out: dict[str, Any] = {"status": note, "training_report": None, "training_figures": {}}
-    if not run:
-        return out
-    path = Path(str(run)) / "report.json"
-    out["training_report"] = str(path)
-    try:
-        groups = json.loads(path.read_text()).get("groups", [])
-    except (OSError, ValueError):
-        return out
-    for group in groups:
-        found = group.get("error_detection", {}).get("probabilities_only")
-        if found:
-            out["training_figures"][str(group.get("group"))] = found
-    return out
 
 
 def _f(value: Any, digits: int = 3) -> str:
@@ -129,134 +153,136 @@ def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
+def _methods(groups: dict[str, Any]) -> list[str]:
+    first = next(iter(groups.values()))
+    return [m for m in (*ev.METHOD_ORDER, "random", "oracle") if m in first["error_detection"]]
+
+
+def _pairs(groups: dict[str, Any]) -> list[tuple[str, str]]:
+    first = next(iter(groups.values()))["error_detection"]
+    return [(a, b) for a, b in ev.PAIRS if a in first and b in first]
+
+
+def _diff(g: dict[str, Any], a: str, b: str, metric: str, digits: int = 3) -> str:
+    d = g["error_detection"]
+    return _ci(g, f"{a}-{b}.{metric}", d[a][metric] - d[b][metric], digits)
+
+
 def summary_markdown(report: dict[str, Any]) -> str:
     """The Markdown summary of a report (``summary.md``)."""
     groups: dict[str, Any] = report["groups"]
     labels: list[str] = report["labels"]
     pol = report["policy"]
+    methods = _methods(groups)
+    scored = [m for m in methods if m not in ("random", "oracle")]
     parts = [
         "# Defer-policy evaluation",
         "",
-        f"Bundle `{report['bundle_id']}`, data `{report['data']['source']}` "
+        f"Bundle `{report['bundle_id']}` (served error model: {report['served_error_model']}), "
+        f"data `{report['data']['source']}` "
         f"({report['data']['studies']} studies, {report['data']['patients']} patients). "
         f"Policy: {pol['source']} (cost {pol['defer_cost']:.3f}, recalibration "
-        f"{pol['recalibration']}, OOD threshold {_f(pol['ood_threshold'], 2)}"
+        f"{pol['recalibration']}, OOD threshold {_f(pol['ood_threshold'], 3)}"
         + (f", id `{pol['version']}`" if pol["version"] else "")
         + "). A study is an error when any finding's thresholded prediction differs from the "
         "reported label. Brackets: patient-level bootstrap 95 % intervals "
-        f"({report['bootstrap']['resamples']} resamples, seed {report['bootstrap']['seed']}).",
+        f"({report['bootstrap']['resamples']} resamples, seed {report['bootstrap']['seed']}); "
+        f"the map permutation: {report['permutation']['draws']} draws among studies with the "
+        "same predicted findings and similar probabilities (blocks of "
+        f"{report['permutation']['block']}).",
         "",
         "## Failure detection: AUROC for predicting a study error",
         "",
-    ]
-    scored = ev.SCORED_METHODS
-    parts.append(
         _md_table(
-            [
-                "group",
-                "studies",
-                "error rate",
-                *(METHOD_TITLES[m] for m in scored),
-                "error model − softmax response",
-            ],
+            ["group", "studies", "error rate", *(METHOD_TITLES[m] for m in scored)],
             [
                 [
                     name,
                     str(g["studies"]),
                     _f(g["study_error_rate"]),
                     *(_ci(g, f"{m}.auroc", g["error_detection"][m]["auroc"]) for m in scored),
-                    _ci(
-                        g,
-                        "error_model-softmax_response.auroc",
-                        g["error_detection"]["error_model"]["auroc"]
-                        - g["error_detection"]["softmax_response"]["auroc"],
-                    ),
                 ]
                 for name, g in groups.items()
             ],
-        )
-    )
-    parts += ["", "## Risk-coverage: AURC (lower is better) and E-AURC", ""]
-    parts.append(
+        ),
+    ]
+    pairs = _pairs(groups)
+    if pairs:
+        parts += [
+            "",
+            "## Paired differences of error-detection AUROC (a − b)",
+            "",
+            _md_table(
+                ["group", *(f"{METHOD_TITLES[a]} − {METHOD_TITLES[b]}" for a, b in pairs)],
+                [
+                    [name, *(_diff(g, a, b, "auroc") for a, b in pairs)]
+                    for name, g in groups.items()
+                ],
+            ),
+        ]
+    parts += [
+        "",
+        "## Risk-coverage: AURC and AUGRC (lower is better)",
+        "",
         _md_table(
-            [
-                "group",
-                *(f"{METHOD_TITLES[m]} AURC" for m in ev.METHODS),
-                "error model E-AURC",
-                "softmax E-AURC",
-            ],
+            ["group", *(f"{METHOD_TITLES[m]} AURC / AUGRC" for m in methods)],
             [
                 [
                     name,
                     *(
-                        _ci(g, f"{m}.aurc", g["error_detection"][m]["aurc"], 4)
-                        if m in scored
-                        else _f(g["error_detection"][m]["aurc"], 4)
-                        for m in ev.METHODS
-                    ),
-                    _ci(g, "error_model.e_aurc", g["error_detection"]["error_model"]["e_aurc"], 4),
-                    _ci(
-                        g,
-                        "softmax_response.e_aurc",
-                        g["error_detection"]["softmax_response"]["e_aurc"],
-                        4,
+                        f"{_ci(g, f'{m}.aurc', g['error_detection'][m]['aurc'], 4)} / "
+                        f"{_ci(g, f'{m}.augrc', g['error_detection'][m]['augrc'], 4)}"
+                        for m in methods
                     ),
                 ]
                 for name, g in groups.items()
             ],
-        )
-    )
-    parts += ["", "## AUPR of the error class", ""]
-    parts.append(
-        _md_table(
-            ["group", *(METHOD_TITLES[m] for m in ev.METHODS)],
-            [
-                [name, *(_f(g["error_detection"][m]["aupr_error"]) for m in ev.METHODS)]
-                for name, g in groups.items()
-            ],
-        )
-    )
-    parts += ["", "## Accuracy of auto-reported studies at fixed deferral", ""]
+        ),
+        "",
+        "## Accuracy of auto-reported studies at fixed deferral",
+        "",
+    ]
     rows = []
     for name, g in groups.items():
-        for m in ev.METHODS:
+        for m in methods:
             acc = g["error_detection"][m]["accuracy_at_deferral"]
             rows.append([name, METHOD_TITLES[m], *(_f(acc[f"{d:g}"]) for d in ev.DEFERRALS)])
     parts.append(
         _md_table(["group", "method", *(f"{int(d * 100)} % deferred" for d in ev.DEFERRALS)], rows)
     )
+    target = pol.get("target_risk")
     parts += [
         "",
-        f"## The policy in force (cost {pol['defer_cost']:.3f}): auto-reported vs all studies",
+        f"## The policy in force (cost {pol['defer_cost']:.3f}"
+        + (f", certified target {target:g}" if target is not None else "")
+        + "): realised risk and deferral",
         "",
-    ]
-    parts.append(
         _md_table(
             [
                 "group",
                 "deferral rate",
+                "auto-reported (wrong)",
+                "realised risk (auto-reported error rate)",
                 "accuracy (all)",
-                "accuracy (auto)",
-                "macro AUROC (all)",
-                "macro AUROC (auto)",
-                "OOD flagged",
+                "macro AUROC (all / auto)",
+                "OOD flagged (multi-layer / single-layer)",
             ],
             [
                 [
                     name,
                     _ci(g, "policy.deferral_rate", g["policy"]["deferral_rate"]),
+                    f"{g['policy']['auto_reported']} ({g['policy']['auto_errors']})",
+                    _ci(g, "policy.risk_auto", g["policy"]["risk_auto"]),
                     _ci(g, "policy.accuracy_all", g["policy"]["accuracy_all"]),
-                    _ci(g, "policy.accuracy_auto", g["policy"]["accuracy_auto"]),
-                    _ci(g, "macro_auroc", g["policy"]["macro_auroc_all"]),
-                    _ci(g, "policy.macro_auroc_auto", g["policy"]["macro_auroc_auto"]),
-                    _f(g["ood_flag_rate"]),
+                    f"{_f(g['policy']['macro_auroc_all'])} / {_f(g['policy']['macro_auroc_auto'])}",
+                    f"{_f(g['ood_flag_rate'])} / {_f(g['ood_flag_rate_single_layer'])}",
                 ]
                 for name, g in groups.items()
             ],
-        )
-    )
-    parts += ["", "## Classifier: AUROC per finding", ""]
-    parts.append(
+        ),
+        "",
+        "## Classifier: AUROC per finding",
+        "",
         _md_table(
             ["group", *labels, "macro"],
             [
@@ -267,8 +293,8 @@ def summary_markdown(report: dict[str, Any]) -> str:
                 ]
                 for name, g in groups.items()
             ],
-        )
-    )
+        ),
+    ]
     if any(g.get("cam_iou") for g in groups.values()):
         parts += ["", "## CAM localisation: top-p % IoU with the phantom masks (mean, n)", ""]
         parts.append(
@@ -288,20 +314,35 @@ def summary_markdown(report: dict[str, Any]) -> str:
                 ],
             )
         )
-    probs = report["probabilities_only"]
-    parts += [
-        "",
-        "## Not evaluated here",
-        "",
-        f"- Probabilities-only error model: {probs['status']}",
-    ]
-    if probs["training_report"]:
-        parts[-1] += f" (`{probs['training_report']}`)."
-    for group, fig in probs["training_figures"].items():
+    if "map_mass" in groups.get("all", {}):
+        parts += [
+            "",
+            "## Where the maps put their mass (phantom anatomy masks), predicted-present findings",
+            "",
+            "Share of the map's mass on the burned-in text and outside the lung fields, for calls"
+            " the reported label confirms (right) and contradicts (wrong); n in brackets.",
+            "",
+        ]
+        rows = []
+        for name, g in groups.items():
+            for label, item in g["map_mass"].items():
+                right, wrong = item["right"], item["wrong"]
+                rows.append(
+                    [
+                        name,
+                        label,
+                        f"{_f(right['text'])} / {_f(wrong['text'])}",
+                        f"{_f(1 - right['lungs'])} / {_f(1 - wrong['lungs'])}",
+                        f"{right['n']} / {wrong['n']}",
+                    ]
+                )
         parts.append(
-            f"  - training report, {group}: AUROC {_f(fig.get('auroc'))}, "
-            f"AUPR-error {_f(fig.get('aupr_error'))}"
+            _md_table(["group", "finding", "on text (right / wrong)", "outside lungs", "n"], rows)
         )
+    missing = report["baselines_missing"]
+    parts += ["", "## Not evaluated here", ""]
+    if missing:
+        parts.append(f"- {missing}")
     parts += [
         "- Random deferral: expected values (AUROC 0.5; AUPR, AURC and every selective risk equal"
         " to the error rate), not one random draw.",
@@ -316,24 +357,29 @@ def _figures(
     from triage_tools.plots import plot_group_bars, plot_risk_coverage
 
     written = []
+    methods = _methods(report["groups"])
     for name, mask in masks.items():
+        if not (name == "all" or name.startswith("site")):
+            continue
         sub = cal.subset(mask)
         if len(sub) < 2:
             continue
         g = report["groups"][name]
         path = out / f"risk_coverage_{_slug(name)}.png"
+        curves = ev.curves(sub)
         plot_risk_coverage(
             path,
             f"risk-coverage: {name} ({len(sub)} studies)",
-            ev.curves(sub),
-            {m: g["error_detection"][m]["aurc"] for m in ev.METHODS},
+            {m: curves[m] for m in methods if m in curves},
+            {m: g["error_detection"][m]["aurc"] for m in methods},
         )
         written.append(path)
     names = list(report["groups"])
     groups = report["groups"]
-    for key, title, ylabel, methods in (
-        ("auroc", "error detection AUROC per group", "AUROC", ev.SCORED_METHODS),
-        ("aurc", "AURC per group (lower is better)", "AURC", ev.METHODS),
+    scored = [m for m in methods if m not in ("random", "oracle")]
+    for key, title, ylabel, shown in (
+        ("auroc", "error detection AUROC per group", "AUROC", scored),
+        ("aurc", "AURC per group (lower is better)", "AURC", methods),
     ):
         path = out / f"per_site_{key}.png"
         plot_group_bars(
@@ -342,12 +388,12 @@ def _figures(
             names,
             {
                 METHOD_TITLES[m]: [groups[n]["error_detection"][m][key] for n in names]
-                for m in methods
+                for m in shown
             },
             ylabel,
             {
                 METHOD_TITLES[m]: [ev.interval(groups[n], f"{m}.{key}") for n in names]
-                for m in ev.SCORED_METHODS
+                for m in scored
             },
         )
         written.append(path)
@@ -377,14 +423,27 @@ def run(args: argparse.Namespace) -> int:
     from triage_common.policy_format import PolicyFileError
 
     try:
+        for flag, path in (("--bundle", args.bundle), ("--data", args.data)):
+            if not path.exists():
+                raise FileNotFoundError(f"{flag} {path} does not exist")
         bundle = open_bundle(args.bundle)
         policy = _policy(args, bundle)
-        served = run_labelled(bundle, args, keep_cams=True)
+        served = run_labelled(bundle, args, keep_cams=True, evaluation=True)
         heldout = served.heldout_sites
     except (BundleError, ConfigError, PolicyFileError, ValueError, OSError) as exc:
         print(f"triage evaluate: {exc}", file=sys.stderr)
         return 2
     cal, dropped = drop_unscored(served.cal)
+    missing = ""
+    if "p_error_gradcam" in cal.extra and args.permutations > 0:
+        permuted = permuted_scores(bundle, cal, args.permutations, args.seed)
+        cal = replace(cal, extra={**cal.extra, "p_error_gradcam_permuted": permuted})
+    elif "p_error_gradcam" not in cal.extra:
+        missing = (
+            "the Grad-CAM error model, its permuted-maps ablation, the probabilities-only network "
+            "and the image-only predictor: the bundle has no evaluation graph (export it again "
+            "from a run of `triage train error-model` made by this version)"
+        )
     masks_dir = args.data / "masks" if args.data.is_dir() else None
     groups = ev.evaluate(
         cal,
@@ -394,16 +453,20 @@ def run(args: argparse.Namespace) -> int:
         resamples=max(0, args.resamples),
         seed=args.seed,
         progress=lambda names: track(names, len(names), f"metrics + {args.resamples} bootstraps"),
+        anatomy_root=args.data if args.data.is_dir() else None,
     )
     recal = policy.recalibrate
     report: dict[str, Any] = {
         "bundle_id": bundle.bundle_id,
+        "served_error_model": (bundle.manifest.get("error_model") or {}).get("served", "gradcam"),
         "labels": list(bundle.labels),
         "policy": {
             "source": policy.source,
             "version": policy.version,
             "defer_cost": policy.defer_cost,
             "ood_threshold": policy.ood_threshold,
+            "single_layer_ood_threshold": policy.single_layer_threshold,
+            "target_risk": policy.target_risk,
             "recalibration": getattr(recal, "method", "identity"),
         },
         "data": data_summary(
@@ -422,20 +485,28 @@ def run(args: argparse.Namespace) -> int:
             "level": 0.95,
             "method": "percentile",
         },
+        "permutation": {
+            "draws": args.permutations if "p_error_gradcam_permuted" in cal.extra else 0,
+            "block": ev.PERMUTATION_BLOCK,
+            "rule": "maps shuffled within blocks of studies with the same predicted findings, "
+            "sorted by summed logits; P(error) averaged over the draws",
+        },
         "groups": groups,
-        "probabilities_only": _probs_only(bundle),
+        "baselines_missing": missing,
         "definitions": {
             "study_error": "any finding's thresholded prediction differs from the reported label",
             "accuracy": "share of studies with every finding right",
+            "risk_auto": "error rate of the auto-reported studies (the policy's realised risk)",
             "error_model_score": "raw P(error) (recalibration is monotone: same ranking)",
+            "augrc": "area under the generalized risk-coverage curve (Traub et al. 2024)",
             "random": "expected values of deferring at random",
             "oracle": "errors deferred first",
         },
     }
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(args.out / "report.json", jsonable(report))
-    figures = _figures(args.out, cal, ev.site_groups(cal, heldout), report)
-    (args.out / "summary.md").write_text(summary_markdown(report) + "\n")
+    figures = _figures(args.out, cal, ev.subgroups(cal, heldout), report)
+    (args.out / "summary.md").write_text(summary_markdown(jsonable(report)) + "\n")
     _print(report)
     print(
         f"report: {args.out / 'report.json'}, {args.out / 'summary.md'}, "
@@ -446,41 +517,39 @@ def run(args: argparse.Namespace) -> int:
 
 def _print(report: dict[str, Any]) -> None:
     groups = report["groups"]
+    methods = [m for m in _methods(groups) if m not in ("random", "oracle")]
     print_table(
-        "failure detection per group: AUROC / AURC (lower AURC is better)",
-        ["group", "studies", "error rate", *(METHOD_TITLES[m] for m in ev.METHODS)],
+        "failure detection per group: AUROC of predicting a study error [95 % interval]",
+        ["group", "studies", "error rate", *(METHOD_TITLES[m] for m in methods)],
         [
             (
                 name,
                 g["studies"],
                 g["study_error_rate"],
-                *(
-                    f"{_f(g['error_detection'][m]['auroc'])} / "
-                    f"{_f(g['error_detection'][m]['aurc'], 4)}"
-                    for m in ev.METHODS
-                ),
+                *(_ci(g, f"{m}.auroc", g["error_detection"][m]["auroc"]) for m in methods),
             )
             for name, g in groups.items()
         ],
     )
+    pairs = _pairs(groups)
+    if pairs:
+        print_table(
+            "paired AUROC differences (a − b) [95 % interval]",
+            ["group", *(f"{METHOD_TITLES[a]} − {METHOD_TITLES[b]}" for a, b in pairs)],
+            [(name, *(_diff(g, a, b, "auroc") for a, b in pairs)) for name, g in groups.items()],
+        )
     print_table(
-        f"policy at cost {report['policy']['defer_cost']:.3f}: auto-reported vs all",
-        [
-            "group",
-            "deferral",
-            "accuracy all",
-            "accuracy auto",
-            "macro AUROC all",
-            "macro AUROC auto",
-        ],
+        f"policy at cost {report['policy']['defer_cost']:.3f}: realised risk of auto-reported "
+        "studies [95 % interval]",
+        ["group", "deferral", "auto n (wrong)", "realised risk", "accuracy all", "OOD flagged"],
         [
             (
                 name,
                 g["policy"]["deferral_rate"],
+                f"{g['policy']['auto_reported']} ({g['policy']['auto_errors']})",
+                _ci(g, "policy.risk_auto", g["policy"]["risk_auto"]),
                 g["policy"]["accuracy_all"],
-                g["policy"]["accuracy_auto"],
-                g["policy"]["macro_auroc_all"],
-                g["policy"]["macro_auroc_auto"],
+                g["ood_flag_rate"],
             )
             for name, g in groups.items()
         ],

@@ -62,6 +62,10 @@ def result_record(uid: str, result: Any) -> dict[str, Any]:
         "priority": _enum_name(triage_pb2.Priority, result.priority),
         "model_version": result.model_version,
         "policy_version": result.policy_version,
+        "defer_cost_set_by": result.defer_cost_set_by,
+        "caller": result.caller,
+        "worklist_item_id": result.worklist_item_id,
+        "replayed": result.replayed,
         "findings": [
             {
                 "label": f.label,
@@ -88,7 +92,7 @@ def result_record(uid: str, result: Any) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Submit every study; exit status 1 when any study failed."""
+    """Submit every study; exit status 1 when any study failed, 2 when a path does not exist."""
 
     import grpc
 
@@ -96,6 +100,11 @@ def run(args: argparse.Namespace) -> int:
     from triage_common.console import print_table
     from triage_tools.client import CallOptions, group_by_study, triage_study
 
+    missing = [path for path in args.paths if not path.exists()]
+    if missing:
+        names = ", ".join(str(path) for path in missing)
+        print(f"triage submit: {names}: no such file or folder", file=sys.stderr)
+        return 2
     studies, skipped = group_by_study(args.paths)
     for path, why in skipped:
         print(f"triage submit: skipping {path}: {why}", file=sys.stderr)

@@ -1,14 +1,21 @@
-"""``triage worklist list|claim|release|complete|export``: the Worklist service from a terminal.
+"""``triage worklist list|claim|release|complete|amend|history|watch|export``: the Worklist service
+from a terminal.
+
+``complete`` and ``amend`` take a value for every label of the item's result: ``--label
+NAME=0|1`` or ``--not-assessed NAME`` (the server refuses a missing or unknown label, naming it).
+``history ITEM`` prints an item's audit entries; ``watch`` follows the changes as they happen
+(``--after SEQ`` resumes after the last event number seen, e.g. across a server restart).
 
 ``export --labelled`` writes completed items as JSON lines that ``triage calibrate
 --worklist-export`` reads: the served model's outputs (probabilities, raw P(error), OOD score)
-with the radiologist's final labels, one study per line, the study UID hashed. Radiologists'
-reads thereby feed the next calibration.
+with the radiologist's final labels (``null``: not assessed), one study per line, the study UID
+hashed. Radiologists' reads thereby feed the next calibration.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import sys
 from pathlib import Path
@@ -17,6 +24,26 @@ from typing import Any
 from triage_tools.client_args import add_connection_arguments
 
 STATE_NAMES = ("QUEUED", "CLAIMED", "COMPLETED", "SUPERSEDED")
+PROG = "triage worklist"
+
+
+def _read_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--reader", required=True, help="the reader (who reads or corrects)")
+    parser.add_argument("--item", required=True, help="item id")
+    parser.add_argument(
+        "--label",
+        action="append",
+        default=[],
+        metavar="NAME=0|1",
+        help="a label's value; repeatable",
+    )
+    parser.add_argument(
+        "--not-assessed",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a label the reader did not assess; repeatable",
+    )
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -27,6 +54,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     ls.add_argument("--worklist", default="", help="one worklist (default: all)")
     ls.add_argument("--state", action="append", choices=STATE_NAMES, help="repeatable")
     ls.add_argument("--limit", type=int, default=100, help="most items shown (100)")
+    ls.add_argument("--review", action="store_true", help="only items flagged for review")
     ls.add_argument("--json", action="store_true", help="print JSON lines, not a table")
     claim = sub.add_parser("claim", help="claim an item (or the next one of a worklist)")
     claim.add_argument("--reader", required=True, help="who claims (the reader's name)")
@@ -37,11 +65,20 @@ def configure(parser: argparse.ArgumentParser) -> None:
     release.add_argument("--reader", required=True, help="the reader holding the item")
     release.add_argument("--item", required=True, help="item id")
     complete = sub.add_parser("complete", help="close a claimed item with final labels")
-    complete.add_argument("--reader", required=True, help="the reader holding the item")
-    complete.add_argument("--item", required=True, help="item id")
-    complete.add_argument(
-        "--label", action="append", required=True, metavar="NAME=0|1", help="repeatable"
+    _read_arguments(complete)
+    amend = sub.add_parser("amend", help="correct the final labels of a completed item")
+    _read_arguments(amend)
+    amend.add_argument("--reason", required=True, help="why the read is corrected (audited)")
+    history = sub.add_parser("history", help="an item's audit entries, oldest first")
+    history.add_argument("item", metavar="ITEM", help="item id")
+    history.add_argument("--json", action="store_true", help="print JSON, not a table")
+    watch = sub.add_parser("watch", help="print worklist changes as they happen")
+    watch.add_argument("--worklist", default="", help="one worklist (default: all)")
+    watch.add_argument(
+        "--after", type=int, default=None, metavar="SEQ", help="resume after event SEQ"
     )
+    watch.add_argument("--count", type=int, default=0, help="stop after N events (0: never)")
+    watch.add_argument("--json", action="store_true", help="print JSON lines")
     export = sub.add_parser("export", help="write items as CSV or JSON")
     export.add_argument("--out", type=Path, required=True, help="file to write")
     export.add_argument(
@@ -63,6 +100,21 @@ def parse_label(text: str) -> tuple[str, bool]:
     return name, value in ("1", "true")
 
 
+def parse_read(labels: list[str], not_assessed: list[str]) -> list[Any]:
+    """``--label`` and ``--not-assessed`` values as wire labels; ValueError naming the flag."""
+    from service._proto.triage.v1 import worklist_pb2
+
+    if not labels and not not_assessed:
+        raise ValueError("give --label NAME=0|1 or --not-assessed NAME for each label")
+    out = [worklist_pb2.FinalLabel(label=n, present=p) for n, p in map(parse_label, labels)]
+    out += [worklist_pb2.FinalLabel(label=n, not_assessed=True) for n in not_assessed]
+    return out
+
+
+def _label_text(label: Any) -> str:
+    return f"{label.label}={'n/a' if label.not_assessed else int(label.present)}"
+
+
 def item_record(item: Any) -> dict[str, Any]:
     """A worklist item as a flat record (CSV/JSON export and the list table)."""
     from service._proto.triage.v1 import triage_pb2, worklist_pb2
@@ -79,37 +131,149 @@ def item_record(item: Any) -> dict[str, Any]:
         "priority_fhir_task": priority.fhir if priority else "",
         "state": worklist_pb2.ItemState.Name(item.state),
         "decision": triage_pb2.Decision.Name(result.decision),
+        "defer_reasons": ";".join(triage_pb2.DeferReason.Name(r) for r in result.defer_reasons),
+        "site": result.site,
         "p_error": round(result.p_error, 6),
         "findings_present": ";".join(f.label for f in result.findings if f.present),
         "model_version": result.model_version,
         "claimed_by": item.claimed_by,
         "created_unix": item.created_unix,
         "updated_unix": item.updated_unix,
-        "final_labels": ";".join(f"{f.label}={int(f.present)}" for f in item.final_labels),
+        "final_labels": ";".join(_label_text(f) for f in item.final_labels),
+        "needs_review": item.needs_review,
+        "review_reason": item.review_reason,
+        "latest_model_version": item.latest_result.model_version
+        if item.HasField("latest_result")
+        else "",
     }
 
 
-def labelled_record(item: Any) -> dict[str, Any]:
-    """A completed item as one line of the labelled set ``triage calibrate`` reads."""
+def labelled_record(item: Any) -> dict[str, Any] | None:
+    """A completed item as one line of the labelled set ``triage calibrate`` reads; None when
+    its final labels name a label its result lacks (a read stored before labels were checked)."""
     from triage_common.logging import hash_uid
 
     result = item.result
+    labels = [f.label for f in result.findings]
+    final = {f.label: None if f.not_assessed else f.present for f in item.final_labels}
+    if set(final) - set(labels):
+        return None
     return {
         "study_uid_hash": hash_uid(item.study_instance_uid),
         "bundle_id": result.model_version,
-        "site": "",
-        "labels": [f.label for f in result.findings],
+        "site": result.site,
+        "labels": labels,
         "probabilities": [f.probability for f in result.findings],
         "p_error_raw": result.p_error_raw,
         "ood_score": result.ood_score,
-        "final_labels": {f.label: f.present for f in item.final_labels},
+        "final_labels": final,
     }
 
 
-def run(args: argparse.Namespace) -> int:
-    """Run one worklist action; exit 1 on a gRPC error (its status and message printed)."""
+def _when(unix: float) -> str:
+    moment = datetime.datetime.fromtimestamp(unix, tz=datetime.UTC)
+    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def event_record(event: Any) -> dict[str, Any]:
+    """A worklist event (History, Watch) as a flat record."""
+    from service._proto.triage.v1 import triage_pb2, worklist_pb2
+
+    item = event.item
+    return {
+        "seq": event.seq,
+        "at": _when(event.at_unix),
+        "kind": event.kind,
+        "actor": event.actor,
+        "item_id": item.item_id,
+        "from_state": worklist_pb2.ItemState.Name(event.from_state),
+        "state": worklist_pb2.ItemState.Name(item.state),
+        "worklist": item.worklist,
+        "priority": triage_pb2.Priority.Name(item.priority),
+        "claimed_by": item.claimed_by,
+        "needs_review": item.needs_review,
+        "detail": event.detail,
+    }
+
+
+_EVENT_COLUMNS = ["seq", "at", "kind", "actor", "state", "worklist", "priority", "detail"]
+
+
+def _print_event(record: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(record), flush=True)
+        return
+    print(
+        f"{record['seq']:>6} {record['at']} {record['kind']:<13} {record['item_id']} "
+        f"{record['state']:<10} {record['worklist']} {record['priority']} by {record['actor']}"
+        + (" [review]" if record["needs_review"] else ""),
+        flush=True,
+    )
+
+
+def _watch(stub: Any, args: argparse.Namespace, metadata: Any) -> int:
+    from service._proto.triage.v1 import worklist_pb2
+
+    request = worklist_pb2.WatchRequest(worklist=args.worklist)
+    if args.after is not None:
+        if args.after < 0:
+            print(f"{PROG}: --after {args.after}: must be 0 or more", file=sys.stderr)
+            return 2
+        request.after_seq = args.after
+    stream = stub.Watch(request, metadata=metadata)
+    seen = 0
+    try:
+        for event in stream:
+            _print_event(event_record(event), args.json)
+            seen += 1
+            if args.count and seen >= args.count:
+                break
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stream.cancel()
+    return 0
+
+
+def _export(stub: Any, args: argparse.Namespace, metadata: Any) -> int:
     import csv
 
+    from service._proto.triage.v1 import worklist_pb2
+
+    states = ["COMPLETED"] if args.labelled else list(STATE_NAMES)
+    reply = stub.List(
+        worklist_pb2.ListRequest(worklist=args.worklist, states=states, limit=1000),
+        metadata=metadata,
+    )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    if args.labelled:
+        records = [labelled_record(i) for i in reply.items if i.final_labels]
+        lines = [json.dumps(r) for r in records if r is not None]
+        args.out.write_text("".join(line + "\n" for line in lines))
+        skipped = len(records) - len(lines)
+        if skipped:
+            print(
+                f"{PROG}: skipped {skipped} item(s) whose final labels name labels their result "
+                "lacks; correct them with `triage worklist amend`",
+                file=sys.stderr,
+            )
+        print(f"wrote {len(lines)} labelled studies to {args.out}")
+        return 0
+    rows = [item_record(i) for i in reply.items]
+    if args.format == "json":
+        args.out.write_text(json.dumps(rows, indent=2) + "\n")
+    else:
+        with args.out.open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["item_id"])
+            writer.writeheader()
+            writer.writerows(rows)
+    print(f"wrote {len(rows)} items to {args.out}")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run one worklist action; exit 1 on a gRPC error (its status and message printed), 2 on
+    a malformed option."""
     import grpc
 
     from service._proto.triage.v1 import worklist_pb2, worklist_pb2_grpc
@@ -121,9 +285,13 @@ def run(args: argparse.Namespace) -> int:
     metadata = call_metadata(token_from(args))
     try:
         if args.action == "list":
-            states = list(args.state or [])
             reply = stub.List(
-                worklist_pb2.ListRequest(worklist=args.worklist, states=states, limit=args.limit),
+                worklist_pb2.ListRequest(
+                    worklist=args.worklist,
+                    states=list(args.state or []),
+                    limit=args.limit,
+                    needs_review=args.review,
+                ),
                 metadata=metadata,
             )
             records = [item_record(i) for i in reply.items]
@@ -131,64 +299,64 @@ def run(args: argparse.Namespace) -> int:
                 print(json.dumps(records, indent=2))
             else:
                 columns = ["item_id", "worklist", "priority", "state", "decision", "p_error",
-                           "findings_present", "claimed_by"]  # fmt: skip
+                           "findings_present", "claimed_by", "needs_review"]  # fmt: skip
                 print_table(
                     f"worklist {args.worklist or '(all)'}: {len(records)} item(s)",
                     columns,
                     [[r[c] for c in columns] for r in records],
                 )
             return 0
-        if args.action in ("claim", "release", "complete"):
-            if args.action == "claim":
-                item = stub.Claim(
-                    worklist_pb2.ClaimRequest(item_id=args.item, worklist=args.worklist,
-                                              reader=args.reader, lease_seconds=args.lease),
-                    metadata=metadata,
-                )  # fmt: skip
-            elif args.action == "release":
-                item = stub.Release(
-                    worklist_pb2.ReleaseRequest(item_id=args.item, reader=args.reader),
-                    metadata=metadata,
-                )
+        if args.action == "history":
+            events = stub.History(
+                worklist_pb2.HistoryRequest(item_id=args.item), metadata=metadata
+            ).events
+            records = [event_record(e) for e in events]
+            if args.json:
+                print(json.dumps(records, indent=2))
             else:
-                try:
-                    labels = [parse_label(text) for text in args.label]
-                except ValueError as exc:
-                    print(f"triage worklist: {exc}", file=sys.stderr)
-                    return 2
+                print_table(
+                    f"history of item {args.item}: {len(records)} event(s)",
+                    _EVENT_COLUMNS,
+                    [[r[c] for c in _EVENT_COLUMNS] for r in records],
+                )
+            return 0
+        if args.action == "watch":
+            return _watch(stub, args, metadata)
+        if args.action == "export":
+            return _export(stub, args, metadata)
+        if args.action in ("complete", "amend"):
+            try:
+                read = parse_read(args.label, args.not_assessed)
+            except ValueError as exc:
+                print(f"{PROG} {args.action}: {exc}", file=sys.stderr)
+                return 2
+            if args.action == "complete":
                 item = stub.Complete(
                     worklist_pb2.CompleteRequest(
-                        item_id=args.item,
-                        reader=args.reader,
-                        final_labels=[
-                            worklist_pb2.FinalLabel(label=n, present=p) for n, p in labels
-                        ],
+                        item_id=args.item, reader=args.reader, final_labels=read
                     ),
                     metadata=metadata,
                 )
-            print(json.dumps(item_record(item), indent=2))
-            return 0
-        states = ["COMPLETED"] if args.labelled else list(STATE_NAMES)
-        reply = stub.List(
-            worklist_pb2.ListRequest(worklist=args.worklist, states=states, limit=1000),
-            metadata=metadata,
-        )
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        if args.labelled:
-            lines = [json.dumps(labelled_record(i)) for i in reply.items if i.final_labels]
-            args.out.write_text("".join(line + "\n" for line in lines))
-            print(f"wrote {len(lines)} labelled studies to {args.out}")
-            return 0
-        records = [item_record(i) for i in reply.items]
-        if args.format == "json":
-            args.out.write_text(json.dumps(records, indent=2) + "\n")
+            else:
+                item = stub.Amend(
+                    worklist_pb2.AmendRequest(
+                        item_id=args.item, reader=args.reader, final_labels=read, reason=args.reason
+                    ),
+                    metadata=metadata,
+                )
+        elif args.action == "claim":
+            item = stub.Claim(
+                worklist_pb2.ClaimRequest(item_id=args.item, worklist=args.worklist,
+                                          reader=args.reader, lease_seconds=args.lease),
+                metadata=metadata,
+            )  # fmt: skip
         else:
-            with args.out.open("w", newline="") as fh:
-                writer = csv.DictWriter(fh, fieldnames=list(records[0]) if records else ["item_id"])
-                writer.writeheader()
-                writer.writerows(records)
-        print(f"wrote {len(records)} items to {args.out}")
+            item = stub.Release(
+                worklist_pb2.ReleaseRequest(item_id=args.item, reader=args.reader),
+                metadata=metadata,
+            )
+        print(json.dumps(item_record(item), indent=2))
         return 0
     except grpc.RpcError as exc:
-        print(f"triage worklist: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        print(f"{PROG}: {exc.code().name}: {exc.details()}", file=sys.stderr)
         return 1

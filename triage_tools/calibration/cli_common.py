@@ -48,8 +48,15 @@ def open_bundle(path: Path) -> Bundle:
     return load_bundle(path)
 
 
-def run_labelled(bundle: Bundle, args: argparse.Namespace, *, keep_cams: bool = False) -> ServedRun:
-    """Read ``args.data`` and run the bundle over it through the served path."""
+def run_labelled(
+    bundle: Bundle,
+    args: argparse.Namespace,
+    *,
+    keep_cams: bool = False,
+    evaluation: bool = False,
+) -> ServedRun:
+    """Read ``args.data`` and run the bundle over it through the served path (with
+    ``evaluation``, also the bundle's evaluation graph on the same images)."""
     config = serving_config(args.bundle, args.config)
     # The bundle's labels in its order; truth is the reported labels, uncertain ones unknown.
     data = load_dataset(args.data, bundle.labels, uncertain="ignore", image_root=args.image_root)
@@ -62,6 +69,7 @@ def run_labelled(bundle: Bundle, args: argparse.Namespace, *, keep_cams: bool = 
         inference=config.inference,
         batch_size=max(1, int(args.batch_size)),
         keep_cams=keep_cams,
+        evaluation=evaluation,
     )
     run = run_served(bundle, data, options)
     if run.skipped:

@@ -1,4 +1,5 @@
-"""Risk-coverage curves, AURC and E-AURC (Geifman et al. 2019) for a deferral score."""
+"""Risk-coverage curves, AURC and E-AURC (Geifman et al. 2019), and AUGRC (Traub et al. 2024)
+for a deferral score."""
 
 from __future__ import annotations
 
@@ -42,3 +43,18 @@ def risk_at_deferral(score: npt.ArrayLike, wrong: npt.ArrayLike, deferral: float
     keep = max(1, round(len(s) * (1.0 - deferral)))
     order = np.argsort(s, kind="mergesort")[:keep]
     return float(y[order].mean())
+
+
+def augrc(score: npt.ArrayLike, wrong: npt.ArrayLike) -> float:
+    """Area under the generalized risk-coverage curve (Traub et al., "Overcoming common flaws in
+    the evaluation of selective classification systems", 2024): the mean over coverages k/n of
+    the generalized risk, the share of *all* studies that are kept and wrong, ``errors_k / n``.
+    It is the probability that a random study is both auto-reported and wrong, averaged over
+    operating points, and does not reward deferring correct studies as AURC can."""
+    s = np.asarray(score, dtype=np.float64)
+    y = np.asarray(wrong, dtype=np.float64)
+    if not len(s):
+        return float("nan")
+    order = np.argsort(s, kind="mergesort")
+    generalized = np.cumsum(y[order]) / len(s)
+    return float(generalized.mean())

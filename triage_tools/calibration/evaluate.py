@@ -5,16 +5,29 @@ For one group of studies (all, one site, the held-out sites...) :func:`group_met
 * the classifier: per-finding AUROC and macro AUROC;
 * the policy in force (cost, recalibration, OOD threshold): deferral rate, study accuracy
   (every finding right) and macro AUROC of the auto-reported studies against all studies;
+* the realised risk of the policy: the error rate of the auto-reported studies, with its
+  patient-level interval;
 * failure detection, for each deferral score: AUROC and AUPR of predicting a study error,
-  AURC and E-AURC of the risk-coverage curve, and the accuracy of auto-reported studies when
-  10, 20, 30 and 50 % of the studies are deferred by that score. Scores: the Grad-CAM error
-  model (raw P(error); recalibration is monotone, so rankings are those of the raw output),
-  softmax response, entropy, random deferral (expected values: AUROC 0.5, AUPR, AURC and
-  every selective risk equal to the error rate) and the oracle (errors deferred first).
+  AURC, E-AURC and AUGRC (Traub et al. 2024) of the risk-coverage curve, and the accuracy of
+  auto-reported studies when 10, 20, 30 and 50 % of the studies are deferred by that score.
+  Scores (:data:`METHOD_ORDER`, those the data allow): the served error model (raw P(error);
+  recalibration is monotone, so rankings are those of the raw output), and from the bundle's
+  evaluation graph on the same images the Grad-CAM error model, the same model with its maps
+  permuted among studies of similar probabilities (:func:`similar_probability_permutation`),
+  the probabilities-only network of the same head and the image-only direct (DUP-style)
+  predictor; softmax response, entropy, the CAM concentration scores of seed 003's hypothesis
+  (a spread-out map means an error: normalised map entropy, minus the share of mass in the
+  top 5 % of cells), random deferral (expected values: AUROC 0.5, AUPR, AURC and every
+  selective risk equal to the error rate) and the oracle (errors deferred first).
+
+Groups (:func:`subgroups`): all, each site (and the training and held-out pools), each view
+(AP/PA), sex and age band when the set carries them.
 
 :func:`bootstrap` resamples patients (all studies of a drawn patient come together) and gives
-percentile 95 % intervals of the main metrics, including the paired differences between the
-error model and softmax response.
+percentile 95 % intervals of the main metrics, including the paired differences of
+:data:`PAIRS` (the Grad-CAM error model against the probabilities-only network, against its
+permuted maps and against the image-only predictor; the served model against softmax
+response).
 
 The pieces the training report shares (per-finding and macro AUROC, the AUROC and AUPR of a
 deferral score, CAM IoU with the phantom masks) come from :mod:`triage_common.evaluation`.
@@ -41,12 +54,46 @@ from triage_common.evaluation import (
 from triage_common.metrics import macro_auroc
 from triage_common.scores import entropy_score, softmax_response_score
 from triage_tools.calibration.calibrate import CalibrationSet
-from triage_tools.calibration.curves import aurc, risk_at_deferral, risk_coverage
+from triage_tools.calibration.curves import augrc, aurc, risk_at_deferral, risk_coverage
 
 F64 = npt.NDArray[np.float64]
 DEFERRALS = (0.1, 0.2, 0.3, 0.5)
+#: Every score, in report order; a set shows those it has (:func:`scores`).
+METHOD_ORDER = (
+    "error_model",
+    "gradcam",
+    "gradcam_permuted",
+    "probs_only",
+    "direct",
+    "softmax_response",
+    "entropy",
+    "cam_entropy",
+    "cam_top5",
+)
+#: The scores every set has (the evaluation graph adds the others).
 SCORED_METHODS = ("error_model", "softmax_response", "entropy")
 METHODS = (*SCORED_METHODS, "random", "oracle")
+#: ``CalibrationSet.extra`` keys of the evaluation graph's scores, by method.
+EXTRA_SCORES = {
+    "gradcam": "p_error_gradcam",
+    "gradcam_permuted": "p_error_gradcam_permuted",
+    "probs_only": "p_error_probs_only",
+    "direct": "p_error_direct",
+    "cam_entropy": "cam_entropy",
+    "cam_top5": "cam_top5",
+}
+#: Paired differences (a - b) that get patient-level intervals when both scores exist.
+PAIRS = (
+    ("gradcam", "probs_only"),
+    ("gradcam", "gradcam_permuted"),
+    ("gradcam", "direct"),
+    ("probs_only", "direct"),
+    ("error_model", "softmax_response"),
+)
+#: Age bands of the subgroup tables (years, upper bound exclusive).
+AGE_BANDS = ((0, 40, "<40"), (40, 65, "40-64"), (65, 200, "65+"))
+#: Studies per block of the similar-probability permutation.
+PERMUTATION_BLOCK = 10
 
 
 @dataclass(frozen=True)
@@ -58,15 +105,56 @@ class PolicyView:
     recalibrate: Callable[[F64], F64]
     version: str = ""  # empty: the bundle default
     source: str = "bundle default"
+    single_layer_threshold: float = math.nan  # the earlier, single-layer OOD guard's
+    target_risk: float = math.nan  # the certified target, when the policy has one
 
 
 def scores(cal: CalibrationSet) -> dict[str, F64]:
-    """Deferral scores (higher: deferred first) of the methods with a score of their own."""
-    return {
+    """Deferral scores (higher: deferred first) of the methods with a score of their own, in
+    :data:`METHOD_ORDER`."""
+    found = {
         "error_model": np.asarray(cal.p_error_raw, dtype=np.float64),
         "softmax_response": softmax_response_score(cal.probabilities, cal.thresholds),
         "entropy": entropy_score(cal.probabilities),
     }
+    found.update({m: cal.extra[key] for m, key in EXTRA_SCORES.items() if key in cal.extra})
+    return {m: found[m] for m in METHOD_ORDER if m in found}
+
+
+def cam_concentration(cams: npt.NDArray[np.float32]) -> dict[str, F64]:
+    """Seed 003's hypothesis as error scores (higher: more likely wrong), averaged over the
+    findings: the entropy of each normalised map divided by its maximum (log of the cells), and
+    minus the share of each map's mass in its top 5 % of cells (at least one). A map with no
+    mass counts as fully spread."""
+    c = np.asarray(cams, dtype=np.float64).reshape(cams.shape[0], cams.shape[1], -1)
+    cells = c.shape[-1]
+    total = c.sum(axis=-1, keepdims=True)
+    q = np.where(total > 0, c / np.where(total > 0, total, 1.0), 1.0 / cells)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ent = -np.where(q > 0, q * np.log(q), 0.0).sum(axis=-1) / math.log(max(cells, 2))
+    k = max(1, round(0.05 * cells))
+    top = np.sort(q, axis=-1)[..., -k:].sum(axis=-1)
+    return {"cam_entropy": ent.mean(axis=1), "cam_top5": -top.mean(axis=1)}
+
+
+def similar_probability_permutation(
+    probabilities: F64, thresholds: F64, rng: np.random.Generator, block: int = PERMUTATION_BLOCK
+) -> npt.NDArray[np.int64]:
+    """A permutation that moves each study's maps to a study with similar probabilities: studies
+    with the same predicted findings, sorted by their summed logits, are shuffled within
+    consecutive blocks of ``block``. What the maps add beyond the probabilities is what the
+    Grad-CAM error model loses when fed these maps."""
+    p = np.clip(np.asarray(probabilities, dtype=np.float64), 1e-6, 1 - 1e-6)
+    pattern = (p >= thresholds[None, :]).astype(np.int64) @ (2 ** np.arange(p.shape[1]))
+    key = np.log(p / (1 - p)).sum(axis=1)
+    perm = np.arange(len(p), dtype=np.int64)
+    for value in np.unique(pattern):
+        rows = np.flatnonzero(pattern == value)
+        rows = rows[np.argsort(key[rows], kind="mergesort")]
+        for start in range(0, len(rows), block):
+            chunk = rows[start : start + block]
+            perm[chunk] = rng.permutation(chunk)
+    return perm
 
 
 def auto_reported(cal: CalibrationSet, policy: PolicyView) -> npt.NDArray[np.bool_]:
@@ -90,6 +178,7 @@ def detection(score: F64, wrong: F64) -> dict[str, Any]:
             "aupr_error": math.nan,
             "aurc": math.nan,
             "e_aurc": math.nan,
+            "augrc": math.nan,
             "accuracy_at_deferral": {f"{d:g}": math.nan for d in DEFERRALS},
         }
     area = aurc(score, wrong)
@@ -97,6 +186,7 @@ def detection(score: F64, wrong: F64) -> dict[str, Any]:
         **error_detection(score, wrong),
         "aurc": area,
         "e_aurc": area - aurc(wrong, wrong),
+        "augrc": augrc(score, wrong),
         "accuracy_at_deferral": {
             f"{d:g}": 1.0 - risk_at_deferral(score, wrong, d) for d in DEFERRALS
         },
@@ -107,11 +197,14 @@ def random_detection(wrong: F64) -> dict[str, Any]:
     """Expected values for deferring at random: every selective risk is the error rate."""
     rate = float(wrong.mean()) if len(wrong) else math.nan
     oracle = aurc(wrong, wrong) if len(wrong) else math.nan
+    n = len(wrong)
     return {
         "auroc": 0.5,
         "aupr_error": rate if rate > 0 else math.nan,
         "aurc": rate,
         "e_aurc": rate - oracle,
+        # expected generalized risk at coverage k/n is (k/n) * rate: mean (n+1)/(2n) * rate
+        "augrc": rate * (n + 1) / (2 * n) if n else math.nan,
         "accuracy_at_deferral": {f"{d:g}": 1.0 - rate for d in DEFERRALS},
     }
 
@@ -125,6 +218,7 @@ def group_metrics(cal: CalibrationSet, policy: PolicyView) -> dict[str, Any]:
     methods: dict[str, Any] = {name: detection(s, wrong) for name, s in score.items()}
     methods["random"] = random_detection(wrong)
     methods["oracle"] = detection(wrong, wrong)
+    single = cal.extra.get("ood_single")
     return {
         "studies": len(cal),
         "patients": len(set(cal.patient_ids)) if cal.patient_ids else len(cal),
@@ -135,6 +229,9 @@ def group_metrics(cal: CalibrationSet, policy: PolicyView) -> dict[str, Any]:
             "defer_cost": policy.defer_cost,
             "deferral_rate": float(1.0 - auto.mean()) if len(auto) else math.nan,
             "auto_reported": int(auto.sum()),
+            "auto_errors": int(wrong[auto].sum()),
+            "risk_auto": 1.0 - _accuracy(wrong[auto]),
+            "target_risk": policy.target_risk,
             "accuracy_all": _accuracy(wrong),
             "accuracy_auto": _accuracy(wrong[auto]),
             "macro_auroc_all": macro,
@@ -143,6 +240,9 @@ def group_metrics(cal: CalibrationSet, policy: PolicyView) -> dict[str, Any]:
         "error_detection": methods,
         "ood_flag_rate": float((~(cal.ood_score <= policy.ood_threshold)).mean())
         if len(cal)
+        else math.nan,
+        "ood_flag_rate_single_layer": float((~(single <= policy.single_layer_threshold)).mean())
+        if single is not None and len(cal) and math.isfinite(policy.single_layer_threshold)
         else math.nan,
     }
 
@@ -156,6 +256,7 @@ def main_metrics(cal: CalibrationSet, policy: PolicyView) -> dict[str, float]:
         "policy.deferral_rate": float(1.0 - auto.mean()),
         "policy.accuracy_all": _accuracy(wrong),
         "policy.accuracy_auto": _accuracy(wrong[auto]),
+        "policy.risk_auto": 1.0 - _accuracy(wrong[auto]),
         "policy.macro_auroc_auto": macro_auroc(cal.truth[auto], cal.probabilities[auto]),
     }
     oracle = aurc(wrong, wrong)
@@ -166,13 +267,12 @@ def main_metrics(cal: CalibrationSet, policy: PolicyView) -> dict[str, float]:
         out[f"{name}.aupr_error"] = found["aupr_error"]
         out[f"{name}.aurc"] = area
         out[f"{name}.e_aurc"] = area - oracle
+        out[f"{name}.augrc"] = augrc(s, wrong)
         out[f"{name}.accuracy_at_0.2"] = 1.0 - risk_at_deferral(s, wrong, 0.2)
-    out["error_model-softmax_response.auroc"] = (
-        out["error_model.auroc"] - out["softmax_response.auroc"]
-    )
-    out["error_model-softmax_response.aurc"] = (
-        out["error_model.aurc"] - out["softmax_response.aurc"]
-    )
+    for a, b in PAIRS:
+        if f"{a}.auroc" in out and f"{b}.auroc" in out:
+            for metric in ("auroc", "aurc", "augrc"):
+                out[f"{a}-{b}.{metric}"] = out[f"{a}.{metric}"] - out[f"{b}.{metric}"]
     return out
 
 
@@ -234,6 +334,23 @@ def curves(cal: CalibrationSet) -> dict[str, tuple[F64, F64]]:
     return out
 
 
+def subgroups(
+    cal: CalibrationSet, heldout_sites: Sequence[str] = ()
+) -> dict[str, npt.NDArray[np.bool_]]:
+    """:func:`site_groups`, then one group per view (AP/PA), sex and age band the set has."""
+    out = site_groups(cal, heldout_sites)
+    for kind, values in (("view", cal.views), ("sex", cal.sexes)):
+        arr = np.asarray(values, dtype=object)
+        for value in sorted(set(values)):
+            out[f"{kind}: {value}"] = arr == value
+    if cal.ages is not None:
+        for lo, hi, name in AGE_BANDS:
+            band = (cal.ages >= lo) & (cal.ages < hi)
+            if band.any():
+                out[f"age: {name}"] = band
+    return out
+
+
 def site_groups(
     cal: CalibrationSet, heldout_sites: Sequence[str] = ()
 ) -> dict[str, npt.NDArray[np.bool_]]:
@@ -263,10 +380,15 @@ def evaluate(
     resamples: int = 200,
     seed: int = 0,
     progress: Callable[[Sequence[str]], Any] | None = None,
+    anatomy_root: Path | None = None,
 ) -> dict[str, Any]:
-    """Everything, per group: metrics, bootstrap intervals, CAM IoU."""
-    groups = site_groups(cal, heldout_sites)
+    """Everything, per group (:func:`subgroups`): metrics, bootstrap intervals, CAM IoU, and
+    with ``anatomy_root`` (a phantom folder with anatomy masks) where the maps put their mass."""
+    groups = subgroups(cal, heldout_sites)
     iou = cam_iou_per_study(cal, masks_dir) if masks_dir is not None else None
+    shares = map_shares(cal, anatomy_root) if anatomy_root is not None else None
+    if cal.cams is not None:
+        cal = replace(cal, extra={**cal.extra, **cam_concentration(cal.cams)})
     cal = replace(cal, cams=None)  # only the IoU reads the maps: the resamples need not copy them
     names: Sequence[str] = list(groups)
     iterator = progress(names) if progress is not None else names
@@ -279,11 +401,53 @@ def evaluate(
         )
         if iou is not None:
             metrics["cam_iou"] = summarise_iou(iou[groups[name]], cal.labels)
+        if shares is not None:
+            metrics["map_mass"] = summarise_shares(cal.subset(groups[name]), shares[groups[name]])
         report[name] = metrics
     return report
+
+
+def map_shares(cal: CalibrationSet, root: Path) -> F64 | None:
+    """(N, L, R) share of each map's mass in each anatomy region
+    (:data:`triage_common.anatomy.REGIONS`, ground-truth phantom masks); None without maps or
+    masks."""
+    from triage_common.anatomy import has_anatomy, load_regions, mass_shares
+
+    if cal.cams is None or not has_anatomy(root, cal.sop_uids):
+        return None
+    h = cal.cams.shape[2]
+    size = h * max(1, 32 // h)
+    return mass_shares(cal.cams, load_regions(root, cal.sop_uids, size))
+
+
+def summarise_shares(cal: CalibrationSet, shares: F64) -> dict[str, dict[str, Any]]:
+    """Per finding, over the studies where it is predicted present: the mean share of the map's
+    mass in each region, split by whether the finding call is right or wrong."""
+    from triage_common.anatomy import REGIONS
+
+    present = cal.probabilities >= cal.thresholds[None, :]
+    out: dict[str, dict[str, Any]] = {}
+    for j, label in enumerate(cal.labels):
+        row: dict[str, Any] = {}
+        for outcome, keep in (
+            ("right", present[:, j] & (cal.truth[:, j] == 1)),
+            ("wrong", present[:, j] & (cal.truth[:, j] == 0)),
+        ):
+            values = shares[keep, j, :]
+            row[outcome] = {
+                "n": int(keep.sum()),
+                **{
+                    region: float(np.nanmean(values[:, r])) if keep.any() else math.nan
+                    for r, region in enumerate(REGIONS)
+                },
+            }
+        out[label] = row
+    return out
 
 
 def interval(metrics: Mapping[str, Any], key: str) -> tuple[float, float]:
     """The 95 % interval of ``key`` in a group's metrics (NaN, NaN when absent)."""
     value = metrics.get("intervals", {}).get(key)
-    return (math.nan, math.nan) if value is None else (float(value[0]), float(value[1]))
+    if value is None or value[0] is None or value[1] is None:  # absent, or NaN through JSON
+        return (math.nan, math.nan)
+    return (float(value[0]), float(value[1]))

@@ -2,8 +2,24 @@
 
 For a candidate cost c the service auto-reports the studies with P(error) <= c (and not OOD).
 The auto-report risk R(c) is the error rate among those studies. To certify R(c) <= target
-with probability at least 1 - delta we test H_c: R(c) > target with the exact binomial p-value
-P(Binomial(n_c, target) <= k_c), where n_c studies are kept and k_c of them are wrong.
+with probability at least 1 - delta we test H_c: R(c) > target with a valid p-value, by one of
+two methods:
+
+``cluster`` (the default): the unit of exchangeability is the patient, not the study. A
+patient's studies share the patient's disease and anatomy, so their errors are correlated and
+a test that counts studies as independent over-states its evidence. With ``k_i`` wrong among
+the ``n_i`` kept studies of patient ``i``, ``R(c) = E[k_i] / E[n_i]``, so H_c says the patients'
+``Y_i = (k_i - target * n_i) / M`` have a mean above 0 (``M`` the most studies one patient has:
+``Y_i`` lies in ``[-target, 1 - target]``). The p-value is ``1 / K``, ``K`` the average over
+``ORDERINGS`` fixed patient orders of the wealth of a bettor against H_c (Waudby-Smith and
+Ramdas, "Estimating means of bounded random variables by betting", 2023): ``K = prod_i
+(1 - lambda_i Y_i)`` with the bet ``lambda_i`` chosen from the patients before ``i`` only
+(aGRAPA, truncated at ``BET_CAP / (1 - target)``). Under H_c each wealth is a non-negative
+supermartingale with expectation at most 1, and so is their average, so ``P(1 / K <= delta) <=
+delta`` by Markov's inequality, whatever the correlation within patients.
+
+``binomial``: the exact binomial p-value ``P(Binomial(n_c, target) <= k_c)`` over studies, valid
+only when studies are independent (one study per patient); kept for comparison.
 
 Fixed-sequence testing (Angelopoulos et al., Learn then Test, 2021): candidates are ordered from
 the most conservative (fewest auto-reports) to the least, tested in that order at level delta,
@@ -29,10 +45,20 @@ simulation.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
+
+Method = Literal["cluster", "binomial"]
+METHODS: tuple[Method, ...] = ("cluster", "binomial")
+#: Patient orders the cluster-aware test averages its bettors' wealth over (fixed, seeded).
+ORDERINGS = 16
+#: The bet never risks more than this share of the wealth on one patient.
+BET_CAP = 0.75
+F64 = npt.NDArray[np.float64]
 
 
 def binomial_cdf(k: int, n: int, p: float) -> float:
@@ -58,6 +84,33 @@ def binomial_cdf(k: int, n: int, p: float) -> float:
     return min(1.0, math.exp(top) * sum(math.exp(t - top) for t in terms))
 
 
+def binomial_interval(successes: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Exact (Clopper-Pearson) interval of a proportion; (NaN, NaN) for ``n == 0``."""
+    if n <= 0:
+        return (math.nan, math.nan)
+    tail = (1.0 - level) / 2.0
+
+    def solve(predicate_high: bool) -> float:
+        lo, hi = 0.0, 1.0
+        for _ in range(60):
+            mid = (lo + hi) / 2.0
+            if predicate_high:  # upper bound: P(X <= successes | mid) = tail
+                if binomial_cdf(successes, n, mid) > tail:
+                    lo = mid
+                else:
+                    hi = mid
+            else:  # lower bound: P(X >= successes | mid) = tail
+                if 1.0 - binomial_cdf(successes - 1, n, mid) < tail:
+                    lo = mid
+                else:
+                    hi = mid
+        return (lo + hi) / 2.0
+
+    lower = 0.0 if successes == 0 else solve(False)
+    upper = 1.0 if successes == n else solve(True)
+    return (lower, upper)
+
+
 def min_studies_for(target: float, delta: float) -> int:
     """Fewest kept studies that can certify ``target`` at level ``delta`` (with no errors)."""
     return math.ceil(math.log(delta) / math.log1p(-target))
@@ -75,6 +128,60 @@ def powered_start(target: float, delta: float, limit: int = 100_000) -> int:
     return n
 
 
+def betting_p_value(
+    errors: npt.ArrayLike, kept: npt.ArrayLike, target: float, bound: int, orders: npt.ArrayLike
+) -> float:
+    """p-value of H: the patients' risk ``E[errors] / E[kept]`` exceeds ``target``.
+
+    ``errors`` and ``kept`` are per patient; ``bound`` is the most studies one patient can have
+    (at least the largest ``kept``); ``orders`` (R, n) holds R fixed permutations of the
+    patients. See the module docstring.
+    """
+    k = np.asarray(errors, dtype=np.float64)
+    n = np.asarray(kept, dtype=np.float64)
+    if len(k) == 0:
+        return 1.0
+    if bound < max(1.0, float(n.max())):
+        raise ValueError(f"bound {bound} is below the largest kept count {n.max():g}")
+    y = (k - target * n) / bound
+    perm = np.asarray(orders, dtype=np.int64)
+    # Only patients with a kept study bet (the others have Y = 0); choosing them reads the
+    # scores alone, and E[Y | kept] has the sign of E[Y], so the test stays valid.
+    with_kept = n[perm] > 0
+    if not with_kept[0].any():
+        return 1.0
+    ys = y[perm][with_kept].reshape(perm.shape[0], -1)  # (R, patients with a kept study)
+    count = np.arange(1, ys.shape[1] + 1, dtype=np.float64)
+    # Running mean and variance of the patients before each one (prior: mean 0, variance
+    # target * (1 - target) / bound, one pseudo-observation).
+    prior_var = target * (1.0 - target) / bound
+    total = np.cumsum(ys, axis=1)
+    mean = np.concatenate([np.zeros((ys.shape[0], 1)), total[:, :-1]], axis=1) / count
+    dev = (ys - mean) ** 2
+    var = (np.concatenate([np.zeros((ys.shape[0], 1)), np.cumsum(dev, axis=1)[:, :-1]], 1)
+           + prior_var) / count  # fmt: skip
+    bet = np.clip(-mean / (var + mean**2), 0.0, BET_CAP / (1.0 - target))
+    log_wealth = np.log1p(-bet * ys).sum(axis=1)
+    top = float(log_wealth.max())
+    average = math.exp(top) * float(np.mean(np.exp(log_wealth - top))) if top < 700 else math.inf
+    return 1.0 if average <= 1.0 else 1.0 / average
+
+
+def patient_orders(units: int, seed: int = 0, orderings: int = ORDERINGS) -> npt.NDArray[np.int64]:
+    """``orderings`` fixed permutations of ``units`` patients (label-free, seeded)."""
+    rng = np.random.default_rng(seed)
+    return np.stack([rng.permutation(units) for _ in range(orderings)]).astype(np.int64)
+
+
+def unit_index(units: Sequence[str] | None, n: int) -> tuple[npt.NDArray[np.int64], int]:
+    """Each study's patient as 0..P-1 (studies without a patient are their own unit)."""
+    if not units:
+        return np.arange(n, dtype=np.int64), n
+    codes: dict[str, int] = {}
+    index = np.array([codes.setdefault(u, len(codes)) for u in units], dtype=np.int64)
+    return index, len(codes)
+
+
 @dataclass(frozen=True)
 class Certified:
     """The outcome of fixed-sequence testing over a grid of costs."""
@@ -85,10 +192,34 @@ class Certified:
     p_value: float
     deferral_rate: float
     empirical_risk: float
+    method: Method = "cluster"
+    patients_kept: int = 0
+    start_cost: float = math.nan
 
 
 class NotEnoughData(ValueError):
     """The calibration set is too small to certify the target risk."""
+
+
+def start_cost(
+    p_error: npt.ArrayLike,
+    eligible: npt.ArrayLike,
+    grid: npt.ArrayLike,
+    target: float,
+    delta: float,
+) -> float:
+    """The first grid cost of the sequence: the first that keeps the start count (see the
+    module docstring; label-free). ``inf`` when no cost keeps that many."""
+    p = np.asarray(p_error, dtype=np.float64)
+    ok = np.asarray(eligible, dtype=bool)
+    n_ok = int(ok.sum())
+    need = min_studies_for(target, delta)
+    wanted = max(powered_start(target, delta), math.ceil(START_SHARE * n_ok))
+    start_n = max(need, min(wanted, n_ok))
+    for cost in np.sort(np.asarray(grid, dtype=np.float64)):
+        if int((ok & (p <= cost)).sum()) >= start_n:
+            return float(cost)
+    return math.inf
 
 
 def certify_cost(
@@ -98,21 +229,32 @@ def certify_cost(
     grid: npt.ArrayLike,
     target: float,
     delta: float,
+    *,
+    units: Sequence[str] | None = None,
+    method: Method = "cluster",
+    first_cost: float | None = None,
+    seed: int = 0,
 ) -> Certified:
     """The largest grid cost whose auto-report risk is certified <= target w.p. >= 1 - delta.
 
-    ``eligible`` marks studies that may be auto-reported at all (not OOD). Raises
-    :class:`NotEnoughData` with the number of kept studies needed when nothing is certified.
+    ``eligible`` marks studies that may be auto-reported at all (not OOD); ``units`` names each
+    study's patient (the cluster-aware test's unit; without it every study is its own).
+    ``first_cost`` fixes where the sequence starts (per-site certification starts every site at
+    the same cost); by default :func:`start_cost`. Raises :class:`NotEnoughData` with the
+    number of kept studies needed when nothing is certified.
     """
     if not 0 < target < 1 or not 0 < delta < 1:
         raise ValueError(f"target risk and delta must be in (0, 1), got {target}, {delta}")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     p = np.asarray(p_error, dtype=np.float64)
     y = np.asarray(wrong, dtype=bool)
     ok = np.asarray(eligible, dtype=bool)
     need = min_studies_for(target, delta)
-    eligible = int(ok.sum())
-    wanted = max(powered_start(target, delta), math.ceil(START_SHARE * eligible))
-    start_n = max(need, min(wanted, eligible))
+    first = start_cost(p, ok, grid, target, delta) if first_cost is None else first_cost
+    unit, n_units = unit_index(units, len(p))
+    bound = int(np.bincount(unit[ok], minlength=n_units).max()) if ok.any() else 1
+    orders = patient_orders(n_units, seed)
     best: Certified | None = None
     most_kept = 0
     stopped = "the end of the grid"
@@ -120,13 +262,28 @@ def certify_cost(
         kept = ok & (p <= cost)
         n, k = int(kept.sum()), int((y & kept).sum())
         most_kept = max(most_kept, n)
-        if n < start_n:
+        if cost < first or n == 0:
             continue  # before the sequence starts (decided from counts only, see above)
-        p_value = binomial_cdf(k, n, target)
+        if method == "binomial":
+            p_value = binomial_cdf(k, n, target)
+        else:
+            per_kept = np.bincount(unit[kept], minlength=n_units)
+            per_wrong = np.bincount(unit[kept & y], minlength=n_units)
+            p_value = betting_p_value(per_wrong, per_kept, target, max(bound, 1), orders)
         if p_value > delta:
             stopped = f"cost {cost:.3g} ({n} auto-reported, {k} wrong, p = {p_value:.3g})"
             break
-        best = Certified(float(cost), n, k, p_value, 1.0 - n / len(p), k / n)
+        best = Certified(
+            float(cost),
+            n,
+            k,
+            p_value,
+            1.0 - n / len(p),
+            k / n,
+            method,
+            len(np.unique(unit[kept])),
+            first,
+        )
     if best is None:
         claim = (
             f"cannot certify an auto-report error rate of at most {target:.3g} with probability "
@@ -139,8 +296,71 @@ def certify_cost(
             )
         raise NotEnoughData(
             f"{claim}: the fixed sequence of tests stopped at {stopped} before certifying any "
-            f"cost (it starts at {start_n} auto-reported studies); the error rate of the most "
+            f"cost (it starts at cost {first:.3g}); the error rate of the most "
             "confident studies is too close to the target: use more calibration studies or a "
             "higher target risk"
         )
     return best
+
+
+@dataclass(frozen=True)
+class SiteCertified:
+    """Per-site certification: one cost certified at every site at once."""
+
+    cost: float
+    delta_per_site: float
+    sites: dict[str, Certified]
+    start_cost: float
+
+
+def certify_per_site(
+    p_error: npt.ArrayLike,
+    wrong: npt.ArrayLike,
+    eligible: npt.ArrayLike,
+    grid: npt.ArrayLike,
+    target: float,
+    delta: float,
+    sites: Sequence[str],
+    *,
+    units: Sequence[str] | None = None,
+    method: Method = "cluster",
+    seed: int = 0,
+) -> SiteCertified:
+    """The largest cost whose auto-report risk is certified <= target at every site at once.
+
+    Each of the S sites is certified on its own studies at ``delta / S`` (Bonferroni), every
+    site's sequence starting at the same cost (the pooled start), so the smallest of the sites'
+    certified costs lies inside every site's certified range: with probability at least
+    ``1 - delta`` no site's risk exceeds the target at it (nor, being a mixture of them, the
+    pooled risk). A site that cannot be certified raises :class:`NotEnoughData` naming it.
+    """
+    p = np.asarray(p_error, dtype=np.float64)
+    y = np.asarray(wrong, dtype=bool)
+    ok = np.asarray(eligible, dtype=bool)
+    names = sorted(set(sites))
+    if not names:
+        raise ValueError("per-site certification needs the site of every study")
+    per = delta / len(names)
+    first = start_cost(p, ok, grid, target, per)
+    site_arr = np.asarray(sites, dtype=object)
+    results: dict[str, Certified] = {}
+    for name in names:
+        rows = site_arr == name
+        site_units = [u for u, r in zip(units, rows, strict=True) if r] if units else None
+        try:
+            results[name] = certify_cost(
+                p[rows],
+                y[rows],
+                ok[rows],
+                grid,
+                target,
+                per,
+                units=site_units,
+                method=method,
+                first_cost=first,
+                seed=seed,
+            )
+        except NotEnoughData as exc:
+            raise NotEnoughData(f"site {name!r} ({int(rows.sum())} studies): {exc}") from exc
+    cost = min(r.cost for r in results.values())
+    return SiteCertified(cost, per, results, first)

@@ -1,10 +1,11 @@
 """Running a model bundle over a labelled set through the served path (no torch, no server).
 
 Each DICOM file goes through the server's own pipeline (:class:`service.pipeline.TriagePipeline`):
-:meth:`~service.pipeline.TriagePipeline.prepare` (headers with the ``decode.max_pixels`` limit,
-the eligibility rules of ``triage serve``, the same reduced-resolution decoding, the canonical
-preprocessing) and :meth:`~service.pipeline.TriagePipeline.infer` (the micro-batcher on the
-model :func:`service.stages.inference.open_model` opens for the serving configuration). The
+:meth:`~service.pipeline.TriagePipeline.prepare` (in the server's decode workers: headers with
+the ``decode.*`` budgets, the eligibility rules of ``triage serve``, the same reduced-resolution
+decoding, the canonical preprocessing) and :meth:`~service.pipeline.TriagePipeline.infer`
+(the micro-batcher on the model :func:`service.stages.inference.open_model` opens for the
+serving configuration). The
 result is what ``triage serve`` would return for each image, without gRPC; outputs do not depend
 on how images are batched.
 
@@ -17,6 +18,7 @@ are skipped and counted with their reason: the service never auto-reports them.
 
 from __future__ import annotations
 
+import math
 import os
 from collections import Counter
 from collections.abc import Iterable
@@ -33,6 +35,7 @@ from service.core.errors import TriageError
 from service.core.types import InferenceModel, ModelOutput
 from service.pipeline import RequestOptions, RequestTrace, TriagePipeline
 from service.stages.batcher import MicroBatcher
+from service.stages.decode_pool import make_decoder
 from service.stages.inference import open_model
 from service.stages.policy import StaticPolicySource, policy_from_bundle
 from triage_common.console import track
@@ -42,6 +45,7 @@ from triage_common.preprocess import IMAGE_SUFFIXES, load_image_display
 from triage_tools.calibration.calibrate import CalibrationSet
 
 F32 = npt.NDArray[np.float32]
+F64 = npt.NDArray[np.float64]
 #: How long the batcher waits for more images after the first of a batch (loaders are busy).
 _BATCH_WAIT_MS = 50.0
 
@@ -57,6 +61,9 @@ class ServedOptions:
     keep_cams: bool = False
     loaders: int = 0  # decoding threads; 0: one per CPU (at most 8)
     progress: bool = True
+    #: Also run the bundle's evaluation graph (``evaluation.onnx``, when it has one) on the same
+    #: preprocessed images: every baseline and both OOD guards land in ``CalibrationSet.extra``.
+    evaluation: bool = False
 
 
 @dataclass(frozen=True)
@@ -73,8 +80,9 @@ class ServedRun:
         return dict(Counter(reason for _, reason in self.skipped).most_common())
 
 
-def _one(pipeline: TriagePipeline, path: Path) -> ModelOutput | str:
-    """One file through prepare and infer; a refusal comes back as ``Type: reason``."""
+def _one(pipeline: TriagePipeline, path: Path) -> tuple[ModelOutput, F32] | str:
+    """One file through prepare and infer (with the model input it was given); a refusal comes
+    back as ``Type: reason``."""
     options = RequestOptions()
     trace = RequestTrace()
     try:
@@ -84,7 +92,57 @@ def _one(pipeline: TriagePipeline, path: Path) -> ModelOutput | str:
             image = pipeline.prepare([path.read_bytes()], options, trace).image
     except (TriageError, DicomDecodeError, OSError, ValueError) as exc:
         return f"{type(exc).__name__}: {exc}"
-    return pipeline.infer(image, options, trace)
+    return pipeline.infer(image, options, trace), image
+
+
+#: Largest difference allowed between the served graph's and the evaluation graph's outputs
+#: on the same inputs (they are exported from the same modules; float32 rounding only).
+EVALUATION_AGREEMENT = 1e-3
+
+
+def evaluation_scores(
+    bundle: Bundle, images: F32, batch_size: int = 32, progress: bool = False
+) -> dict[str, npt.NDArray[np.float64]]:
+    """The evaluation graph's outputs (all but the maps) for preprocessed ``images``; empty
+    when the bundle has no evaluation graph."""
+    section = bundle.manifest.get("evaluation") or {}
+    if not section.get("file") or len(images) == 0:
+        return {}
+    from triage_common.onnx_runtime import CPU, OnnxRuntimeModel
+
+    session = OnnxRuntimeModel(bundle.path / str(section["file"]), providers=[CPU])
+    chunks: dict[str, list[npt.NDArray[np.float32]]] = {}
+    starts: Iterable[int] = range(0, len(images), batch_size)
+    if progress:
+        starts = track(starts, math.ceil(len(images) / batch_size), "evaluation graph")
+    for start in starts:
+        for name, value in session.run(images[start : start + batch_size]).items():
+            if name != "cams":
+                chunks.setdefault(name, []).append(value)
+    return {k: np.concatenate(v).astype(np.float64) for k, v in chunks.items()}
+
+
+def error_head_scores(bundle: Bundle, probabilities: npt.NDArray[np.float64], cams: F32) -> F64:
+    """The Grad-CAM error model's P(error) for given probabilities and maps (``error_head.onnx``:
+    the permutation ablation feeds it other studies' maps)."""
+    section = (bundle.manifest.get("evaluation") or {}).get("error_head") or {}
+    if not section.get("file"):
+        raise ValueError(f"bundle {bundle.path} has no error head (export it again)")
+    from triage_common.onnx_runtime import CPU, OnnxRuntimeModel
+
+    session = OnnxRuntimeModel(bundle.path / str(section["file"]), providers=[CPU]).session
+    out = []
+    for start in range(0, len(cams), 256):
+        (p,) = session.run(
+            None,
+            {
+                "probabilities": probabilities[start : start + 256].astype(np.float32),
+                "cams": cams[start : start + 256].astype(np.float32),
+            },
+        )
+        out.append(p)
+    scores: F64 = np.concatenate(out).astype(np.float64)
+    return scores
 
 
 def run_served(
@@ -112,27 +170,34 @@ def run_served(
     batcher = MicroBatcher(
         model, max_batch=batch, max_wait_ms=_BATCH_WAIT_MS, capacity=max(64, 4 * loaders)
     )
+    decoder = make_decoder(options.decode, options.eligibility, bundle.spec)
     pipeline = TriagePipeline(
-        bundle,
-        batcher,
-        StaticPolicySource(policy_from_bundle(bundle, PolicyConfig())),
-        decode=options.decode,
-        eligibility=options.eligibility,
+        bundle, batcher, StaticPolicySource(policy_from_bundle(bundle, PolicyConfig())), decoder
     )
+    decoder.start()
     batcher.start()
     try:
         with ThreadPoolExecutor(max_workers=loaders, thread_name_prefix="calib-load") as pool:
-            results: Iterable[ModelOutput | str] = pool.map(lambda p: _one(pipeline, p), data.paths)
+            results: Iterable[tuple[ModelOutput, F32] | str] = pool.map(
+                lambda p: _one(pipeline, p), data.paths
+            )
             if options.progress:
                 results = track(results, len(data), f"served model on {len(data)} images")
             outputs = list(results)
     finally:
         batcher.stop(timeout=10.0)
+        decoder.stop()
     kept = [i for i, out in enumerate(outputs) if not isinstance(out, str)]
     skipped = tuple(
         (str(data.paths[i]), _reason(out)) for i, out in enumerate(outputs) if isinstance(out, str)
     )
-    rows = [out for out in outputs if not isinstance(out, str)]
+    rows = [out[0] for out in outputs if not isinstance(out, str)]
+    extra: dict[str, npt.NDArray[np.float64]] = {}
+    if options.evaluation:
+        images = np.stack([out[1] for out in outputs if not isinstance(out, str)]) if rows else None
+        if images is not None:
+            extra = evaluation_scores(bundle, images, progress=options.progress)
+        del images
     n_labels = len(bundle.labels)
     idx = np.asarray(kept, dtype=np.int64)
     probabilities = np.array([o.probabilities for o in rows], dtype=np.float64)
@@ -149,7 +214,18 @@ def run_served(
         patient_ids=tuple(data.patient_ids[i] for i in kept),
         sop_uids=tuple(data.sop_uids[i] for i in kept),
         cams=cams.reshape(len(rows), n_labels, *bundle.cam_shape) if options.keep_cams else None,
+        views=tuple(data.views[i] for i in kept),
+        sexes=tuple(data.sexes[i] for i in kept) if data.sexes else (),
+        ages=None if data.ages is None else data.ages[idx],
+        extra={k: v for k, v in extra.items() if k != "probabilities"},
     )
+    if "probabilities" in extra:
+        gap = float(np.abs(extra["probabilities"] - cal.probabilities).max(initial=0.0))
+        if gap > EVALUATION_AGREEMENT:
+            raise ValueError(
+                f"bundle {bundle.path}: the evaluation graph's probabilities differ from the "
+                f"served graph's by {gap:.3g} on the same images"
+            )
     return ServedRun(cal, skipped, providers, data.heldout_sites)
 
 

@@ -257,12 +257,14 @@ def test_size_limits(server_factory: ServerFactory) -> None:
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "limit of 100000 bytes" in info.value.details()
     error = _status(stub, [b"\0" * 80_000], stream=False)
-    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # gRPC's own message-size check
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT  # not gRPC's "retry later" status
+    assert "above server.max_message_bytes = 60000" in error.details()
     channel.close()
 
 
-def test_stalled_stream_is_cancelled(server_factory: ServerFactory) -> None:
-    """A stream that stalls without a deadline is cancelled after server.max_request_seconds."""
+def test_stalled_stream_gets_deadline_exceeded_with_a_reason(server_factory: ServerFactory) -> None:
+    """A stream that stalls without a deadline ends DEADLINE_EXCEEDED, saying why, after
+    server.max_request_seconds (never a bare CANCELLED)."""
     _, port = server_factory(**{"server.max_request_seconds": 1.0})
     channel, stub = open_stub(port)
     release = threading.Event()
@@ -276,7 +278,8 @@ def test_stalled_stream_is_cancelled(server_factory: ServerFactory) -> None:
         stub.TriageStream(stalled())
     release.set()
     channel.close()
-    assert info.value.code() == grpc.StatusCode.CANCELLED
+    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert "stream was not complete within 1 s" in (info.value.details() or "")
     assert time.monotonic() - start < 10
 
 

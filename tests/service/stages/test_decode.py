@@ -11,7 +11,8 @@ import pydicom
 import pytest
 
 from service.core.errors import InvalidStudy, TooLarge
-from service.stages.decode import DecodeOptions, decode_instance, native_pixels, read_header
+from service.stages.decode import DecodeOptions, decode_instance, native_pixels
+from service.stages.header import read_header
 from tests.helpers.dicom_factory import chest, file_bytes, huge_header, to_bytes
 from triage_common.preprocess import PreprocessSpec, preprocess, preprocess_file
 

@@ -61,7 +61,7 @@ def test_eligibility_reasons() -> None:
         "modality CT is not CR or DX": _header(0, modality="CT"),
         "body part KNEE is not CHEST": _header(0, body_part="KNEE"),
         "PhotometricInterpretation RGB is not grayscale": _header(0, photometric="RGB"),
-        "view position OBL is not frontal (PA or AP)": _header(0, view_position="OBL"),
+        "view position RLO is not frontal (PA or AP)": _header(0, view_position="RLO"),
     }
     for reason, header in cases.items():
         with pytest.raises(NotEligible, match=reason.replace("(", r"\(").replace(")", r"\)")):

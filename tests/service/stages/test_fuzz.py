@@ -8,8 +8,9 @@ from hypothesis import strategies as st
 from service.config import EligibilityConfig
 from service.core.errors import TriageError
 from service.rpc.server import configure_decoders
-from service.stages.decode import DecodeOptions, decode_instance, read_header
+from service.stages.decode import DecodeOptions, decode_instance
 from service.stages.eligibility import select_frontal, study_uid
+from service.stages.header import read_header
 from tests.helpers.dicom_factory import chest
 
 configure_decoders()  # as in the server: lenient reading, no value-quoting warnings

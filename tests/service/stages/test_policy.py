@@ -107,3 +107,23 @@ def test_policy_source_refuses_a_foreign_file_and_a_double_cost(
     with pytest.raises(PolicyFileError, match="both set"):
         policy_source(served_bundle, PolicyConfig(file=str(path), defer_cost=0.2))
     assert policy_source(served_bundle, PolicyConfig()).current().version == ""
+
+
+def test_default_bounds_allow_a_lower_cost_only() -> None:
+    """Unconfigured, a request may defer more (a lower cost) but not raise the cost in force."""
+    policy = Policy(defer_cost=0.2, ood_threshold=5.0)
+    assert PolicyConfig().max_defer_cost is None
+    assert policy.cost_for(0.05) == 0.05 and policy.cost_for(0.2) == 0.2  # passed through: exact
+    with pytest.raises(PolicyOutOfBounds, match=r"bounds \[0.0, 0.2\].*policy.max_defer_cost"):
+        policy.cost_for(0.99)
+
+
+def test_widened_bounds_are_logged(
+    served_bundle: Bundle, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Allowing costs above the one in force is logged whenever such a policy takes effect."""
+    policy_source(served_bundle, PolicyConfig())
+    assert "defer_cost_bounds_widened" not in capsys.readouterr().err
+    widened = policy_source(served_bundle, PolicyConfig(max_defer_cost=0.9)).current()
+    assert widened.cost_for(0.9) == 0.9  # passed through: exact
+    assert "defer_cost_bounds_widened" in capsys.readouterr().err

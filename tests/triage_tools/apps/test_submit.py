@@ -38,7 +38,7 @@ def test_submit_json(
     _, port = shared_server
     overlays = tmp_path / "overlays"
     argv = ["submit", "--server", f"127.0.0.1:{port}", str(study_folder), "--json"]
-    argv += ["--overlay", str(overlays), "--defer-cost", "0.5"]
+    argv += ["--overlay", str(overlays), "--defer-cost", "0.1"]
     code = main(argv)
     out = capsys.readouterr()
     assert code == 1  # the tibia failed
@@ -46,7 +46,7 @@ def test_submit_json(
     results = {r["study"]: r for r in payload["results"]}
     assert len(results) == 3
     paired = results[hash_uid("1.2.826.0.1.3680043.99.10")]
-    assert paired["status"] == "OK" and paired["defer_cost"] == 0.5  # echoed back: exact
+    assert paired["status"] == "OK" and paired["defer_cost"] == 0.1  # echoed back: exact
     assert [i["reason"] for i in paired["ignored_instances"]] == ["lateral view (LL)"]
     failed = [r for r in results.values() if r["status"] != "OK"]
     assert [r["status"] for r in failed] == ["FAILED_PRECONDITION"]
@@ -67,3 +67,13 @@ def test_submit_table(
     assert hash_uid("1.2.826.0.1.3680043.99.11") in out
     assert "radiologist" in out or "ai-normal" in out
     assert "1.2.826.0.1.3680043.99.11" not in out
+
+
+def test_submit_of_a_missing_path_says_it_does_not_exist(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A path that does not exist is refused in one line naming it, exit 2, before any call."""
+    missing = tmp_path / "nonexistent"
+    assert main(["submit", "--server", "127.0.0.1:1", str(missing)]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line == f"triage submit: {missing}: no such file or folder"

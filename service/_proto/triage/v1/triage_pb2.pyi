@@ -113,7 +113,7 @@ class StageTimings(_message.Message):
     def __init__(self, decode_ms: _Optional[float] = ..., preprocess_ms: _Optional[float] = ..., queue_ms: _Optional[float] = ..., inference_ms: _Optional[float] = ..., total_ms: _Optional[float] = ...) -> None: ...
 
 class TriageResult(_message.Message):
-    __slots__ = ("study_instance_uid", "decision", "p_error", "defer_cost", "findings", "worklist", "model_version", "defer_reasons", "priority", "ood_score", "ood_threshold", "sop_instance_uid", "ignored_instances", "timings", "policy_version", "p_error_raw", "worklist_item_id", "replayed")
+    __slots__ = ("study_instance_uid", "decision", "p_error", "defer_cost", "findings", "worklist", "model_version", "defer_reasons", "priority", "ood_score", "ood_threshold", "sop_instance_uid", "ignored_instances", "timings", "policy_version", "p_error_raw", "worklist_item_id", "replayed", "defer_cost_set_by", "caller", "site")
     STUDY_INSTANCE_UID_FIELD_NUMBER: _ClassVar[int]
     DECISION_FIELD_NUMBER: _ClassVar[int]
     P_ERROR_FIELD_NUMBER: _ClassVar[int]
@@ -132,6 +132,9 @@ class TriageResult(_message.Message):
     P_ERROR_RAW_FIELD_NUMBER: _ClassVar[int]
     WORKLIST_ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     REPLAYED_FIELD_NUMBER: _ClassVar[int]
+    DEFER_COST_SET_BY_FIELD_NUMBER: _ClassVar[int]
+    CALLER_FIELD_NUMBER: _ClassVar[int]
+    SITE_FIELD_NUMBER: _ClassVar[int]
     study_instance_uid: str
     decision: Decision
     p_error: float
@@ -150,4 +153,7 @@ class TriageResult(_message.Message):
     p_error_raw: float
     worklist_item_id: str
     replayed: bool
-    def __init__(self, study_instance_uid: _Optional[str] = ..., decision: _Optional[_Union[Decision, str]] = ..., p_error: _Optional[float] = ..., defer_cost: _Optional[float] = ..., findings: _Optional[_Iterable[_Union[Finding, _Mapping]]] = ..., worklist: _Optional[str] = ..., model_version: _Optional[str] = ..., defer_reasons: _Optional[_Iterable[_Union[DeferReason, str]]] = ..., priority: _Optional[_Union[Priority, str]] = ..., ood_score: _Optional[float] = ..., ood_threshold: _Optional[float] = ..., sop_instance_uid: _Optional[str] = ..., ignored_instances: _Optional[_Iterable[_Union[IgnoredInstance, _Mapping]]] = ..., timings: _Optional[_Union[StageTimings, _Mapping]] = ..., policy_version: _Optional[str] = ..., p_error_raw: _Optional[float] = ..., worklist_item_id: _Optional[str] = ..., replayed: _Optional[bool] = ...) -> None: ...
+    defer_cost_set_by: str
+    caller: str
+    site: str
+    def __init__(self, study_instance_uid: _Optional[str] = ..., decision: _Optional[_Union[Decision, str]] = ..., p_error: _Optional[float] = ..., defer_cost: _Optional[float] = ..., findings: _Optional[_Iterable[_Union[Finding, _Mapping]]] = ..., worklist: _Optional[str] = ..., model_version: _Optional[str] = ..., defer_reasons: _Optional[_Iterable[_Union[DeferReason, str]]] = ..., priority: _Optional[_Union[Priority, str]] = ..., ood_score: _Optional[float] = ..., ood_threshold: _Optional[float] = ..., sop_instance_uid: _Optional[str] = ..., ignored_instances: _Optional[_Iterable[_Union[IgnoredInstance, _Mapping]]] = ..., timings: _Optional[_Union[StageTimings, _Mapping]] = ..., policy_version: _Optional[str] = ..., p_error_raw: _Optional[float] = ..., worklist_item_id: _Optional[str] = ..., replayed: _Optional[bool] = ..., defer_cost_set_by: _Optional[str] = ..., caller: _Optional[str] = ..., site: _Optional[str] = ...) -> None: ...

@@ -25,33 +25,39 @@ _sym_db = _symbol_database.Default()
 from service._proto.triage.v1 import triage_pb2 as triage_dot_v1_dot_triage__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18triage/v1/worklist.proto\x12\ttriage.v1\x1a\x16triage/v1/triage.proto\",\n\nFinalLabel\x12\r\n\x05label\x18\x01 \x01(\t\x12\x0f\n\x07present\x18\x02 \x01(\x08\"\xe2\x02\n\x0cWorklistItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x1a\n\x12study_instance_uid\x18\x02 \x01(\t\x12\x10\n\x08worklist\x18\x03 \x01(\t\x12%\n\x08priority\x18\x04 \x01(\x0e\x32\x13.triage.v1.Priority\x12#\n\x05state\x18\x05 \x01(\x0e\x32\x14.triage.v1.ItemState\x12\'\n\x06result\x18\x06 \x01(\x0b\x32\x17.triage.v1.TriageResult\x12\x12\n\nclaimed_by\x18\x07 \x01(\t\x12\x1a\n\x12lease_expires_unix\x18\x08 \x01(\x01\x12\x14\n\x0c\x63reated_unix\x18\t \x01(\x01\x12\x14\n\x0cupdated_unix\x18\n \x01(\x01\x12+\n\x0c\x66inal_labels\x18\x0b \x03(\x0b\x32\x15.triage.v1.FinalLabel\x12\x15\n\rsuperseded_by\x18\x0c \x01(\t\"\x7f\n\x0bListRequest\x12\x10\n\x08worklist\x18\x01 \x01(\t\x12$\n\x06states\x18\x02 \x03(\x0e\x32\x14.triage.v1.ItemState\x12)\n\x0cmin_priority\x18\x03 \x01(\x0e\x32\x13.triage.v1.Priority\x12\r\n\x05limit\x18\x04 \x01(\r\"6\n\x0cListResponse\x12&\n\x05items\x18\x01 \x03(\x0b\x32\x17.triage.v1.WorklistItem\"X\n\x0c\x43laimRequest\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x10\n\x08worklist\x18\x02 \x01(\t\x12\x0e\n\x06reader\x18\x03 \x01(\t\x12\x15\n\rlease_seconds\x18\x04 \x01(\x01\"1\n\x0eReleaseRequest\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x0e\n\x06reader\x18\x02 \x01(\t\"_\n\x0f\x43ompleteRequest\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x0e\n\x06reader\x18\x02 \x01(\t\x12+\n\x0c\x66inal_labels\x18\x03 \x03(\x0b\x32\x15.triage.v1.FinalLabel\" \n\x0cWatchRequest\x12\x10\n\x08worklist\x18\x01 \x01(\t\"D\n\rWorklistEvent\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12%\n\x04item\x18\x02 \x01(\x0b\x32\x17.triage.v1.WorklistItem*_\n\tItemState\x12\x1a\n\x16ITEM_STATE_UNSPECIFIED\x10\x00\x12\n\n\x06QUEUED\x10\x01\x12\x0b\n\x07\x43LAIMED\x10\x02\x12\r\n\tCOMPLETED\x10\x03\x12\x0e\n\nSUPERSEDED\x10\x04\x32\xbc\x02\n\x08Worklist\x12\x37\n\x04List\x12\x16.triage.v1.ListRequest\x1a\x17.triage.v1.ListResponse\x12\x39\n\x05\x43laim\x12\x17.triage.v1.ClaimRequest\x1a\x17.triage.v1.WorklistItem\x12=\n\x07Release\x12\x19.triage.v1.ReleaseRequest\x1a\x17.triage.v1.WorklistItem\x12?\n\x08\x43omplete\x12\x1a.triage.v1.CompleteRequest\x1a\x17.triage.v1.WorklistItem\x12<\n\x05Watch\x12\x17.triage.v1.WatchRequest\x1a\x18.triage.v1.WorklistEvent0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18triage/v1/worklist.proto\x12\ttriage.v1\x1a\x16triage/v1/triage.proto\"B\n\nFinalLabel\x12\r\n\x05label\x18\x01 \x01(\t\x12\x0f\n\x07present\x18\x02 \x01(\x08\x12\x14\n\x0cnot_assessed\x18\x03 \x01(\x08\"\xbf\x03\n\x0cWorklistItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x1a\n\x12study_instance_uid\x18\x02 \x01(\t\x12\x10\n\x08worklist\x18\x03 \x01(\t\x12%\n\x08priority\x18\x04 \x01(\x0e\x32\x13.triage.v1.Priority\x12#\n\x05state\x18\x05 \x01(\x0e\x32\x14.triage.v1.ItemState\x12\'\n\x06result\x18\x06 \x01(\x0b\x32\x17.triage.v1.TriageResult\x12\x12\n\nclaimed_by\x18\x07 \x01(\t\x12\x1a\n\x12lease_expires_unix\x18\x08 \x01(\x01\x12\x14\n\x0c\x63reated_unix\x18\t \x01(\x01\x12\x14\n\x0cupdated_unix\x18\n \x01(\x01\x12+\n\x0c\x66inal_labels\x18\x0b \x03(\x0b\x32\x15.triage.v1.FinalLabel\x12\x15\n\rsuperseded_by\x18\x0c \x01(\t\x12\x14\n\x0cneeds_review\x18\r \x01(\x08\x12\x15\n\rreview_reason\x18\x0e \x01(\t\x12.\n\rlatest_result\x18\x0f \x01(\x0b\x32\x17.triage.v1.TriageResult\"\x95\x01\n\x0bListRequest\x12\x10\n\x08worklist\x18\x01 \x01(\t\x12$\n\x06states\x18\x02 \x03(\x0e\x32\x14.triage.v1.ItemState\x12)\n\x0cmin_priority\x18\x03 \x01(\x0e\x32\x13.triage.v1.Priority\x12\r\n\x05limit\x18\x04 \x01(\r\x12\x14\n\x0cneeds_review\x18\x05 \x01(\x08\"6\n\x0cListResponse\x12&\n\x05items\x18\x01 \x03(\x0b\x32\x17.triage.v1.WorklistItem\"X\n\x0c\x43laimRequest\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x10\n\x08worklist\x18\x02 \x01(\t\x12\x0e\n\x06reader\x18\x03 \x01(\t\x12\x15\n\rlease_seconds\x18\x04 \x01(\x01\"1\n\x0eReleaseRequest\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x0e\n\x06reader\x18\x02 \x01(\t\"_\n\x0f\x43ompleteRequest\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x0e\n\x06reader\x18\x02 \x01(\t\x12+\n\x0c\x66inal_labels\x18\x03 \x03(\x0b\x32\x15.triage.v1.FinalLabel\"F\n\x0cWatchRequest\x12\x10\n\x08worklist\x18\x01 \x01(\t\x12\x16\n\tafter_seq\x18\x02 \x01(\x04H\x00\x88\x01\x01\x42\x0c\n\n_after_seq\"\xab\x01\n\rWorklistEvent\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12%\n\x04item\x18\x02 \x01(\x0b\x32\x17.triage.v1.WorklistItem\x12\x0b\n\x03seq\x18\x03 \x01(\x04\x12\x0f\n\x07\x61t_unix\x18\x04 \x01(\x01\x12\r\n\x05\x61\x63tor\x18\x05 \x01(\t\x12(\n\nfrom_state\x18\x06 \x01(\x0e\x32\x14.triage.v1.ItemState\x12\x0e\n\x06\x64\x65tail\x18\x07 \x01(\t\"l\n\x0c\x41mendRequest\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x0e\n\x06reader\x18\x02 \x01(\t\x12+\n\x0c\x66inal_labels\x18\x03 \x03(\x0b\x32\x15.triage.v1.FinalLabel\x12\x0e\n\x06reason\x18\x04 \x01(\t\"!\n\x0eHistoryRequest\x12\x0f\n\x07item_id\x18\x01 \x01(\t\";\n\x0fHistoryResponse\x12(\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x18.triage.v1.WorklistEvent*_\n\tItemState\x12\x1a\n\x16ITEM_STATE_UNSPECIFIED\x10\x00\x12\n\n\x06QUEUED\x10\x01\x12\x0b\n\x07\x43LAIMED\x10\x02\x12\r\n\tCOMPLETED\x10\x03\x12\x0e\n\nSUPERSEDED\x10\x04\x32\xb9\x03\n\x08Worklist\x12\x37\n\x04List\x12\x16.triage.v1.ListRequest\x1a\x17.triage.v1.ListResponse\x12\x39\n\x05\x43laim\x12\x17.triage.v1.ClaimRequest\x1a\x17.triage.v1.WorklistItem\x12=\n\x07Release\x12\x19.triage.v1.ReleaseRequest\x1a\x17.triage.v1.WorklistItem\x12?\n\x08\x43omplete\x12\x1a.triage.v1.CompleteRequest\x1a\x17.triage.v1.WorklistItem\x12<\n\x05Watch\x12\x17.triage.v1.WatchRequest\x1a\x18.triage.v1.WorklistEvent0\x01\x12\x39\n\x05\x41mend\x12\x17.triage.v1.AmendRequest\x1a\x17.triage.v1.WorklistItem\x12@\n\x07History\x12\x19.triage.v1.HistoryRequest\x1a\x1a.triage.v1.HistoryResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'triage.v1.worklist_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ITEMSTATE']._serialized_start=993
-  _globals['_ITEMSTATE']._serialized_end=1088
+  _globals['_ITEMSTATE']._serialized_start=1479
+  _globals['_ITEMSTATE']._serialized_end=1574
   _globals['_FINALLABEL']._serialized_start=63
-  _globals['_FINALLABEL']._serialized_end=107
-  _globals['_WORKLISTITEM']._serialized_start=110
-  _globals['_WORKLISTITEM']._serialized_end=464
-  _globals['_LISTREQUEST']._serialized_start=466
-  _globals['_LISTREQUEST']._serialized_end=593
-  _globals['_LISTRESPONSE']._serialized_start=595
-  _globals['_LISTRESPONSE']._serialized_end=649
-  _globals['_CLAIMREQUEST']._serialized_start=651
-  _globals['_CLAIMREQUEST']._serialized_end=739
-  _globals['_RELEASEREQUEST']._serialized_start=741
-  _globals['_RELEASEREQUEST']._serialized_end=790
-  _globals['_COMPLETEREQUEST']._serialized_start=792
-  _globals['_COMPLETEREQUEST']._serialized_end=887
-  _globals['_WATCHREQUEST']._serialized_start=889
-  _globals['_WATCHREQUEST']._serialized_end=921
-  _globals['_WORKLISTEVENT']._serialized_start=923
-  _globals['_WORKLISTEVENT']._serialized_end=991
-  _globals['_WORKLIST']._serialized_start=1091
-  _globals['_WORKLIST']._serialized_end=1407
+  _globals['_FINALLABEL']._serialized_end=129
+  _globals['_WORKLISTITEM']._serialized_start=132
+  _globals['_WORKLISTITEM']._serialized_end=579
+  _globals['_LISTREQUEST']._serialized_start=582
+  _globals['_LISTREQUEST']._serialized_end=731
+  _globals['_LISTRESPONSE']._serialized_start=733
+  _globals['_LISTRESPONSE']._serialized_end=787
+  _globals['_CLAIMREQUEST']._serialized_start=789
+  _globals['_CLAIMREQUEST']._serialized_end=877
+  _globals['_RELEASEREQUEST']._serialized_start=879
+  _globals['_RELEASEREQUEST']._serialized_end=928
+  _globals['_COMPLETEREQUEST']._serialized_start=930
+  _globals['_COMPLETEREQUEST']._serialized_end=1025
+  _globals['_WATCHREQUEST']._serialized_start=1027
+  _globals['_WATCHREQUEST']._serialized_end=1097
+  _globals['_WORKLISTEVENT']._serialized_start=1100
+  _globals['_WORKLISTEVENT']._serialized_end=1271
+  _globals['_AMENDREQUEST']._serialized_start=1273
+  _globals['_AMENDREQUEST']._serialized_end=1381
+  _globals['_HISTORYREQUEST']._serialized_start=1383
+  _globals['_HISTORYREQUEST']._serialized_end=1416
+  _globals['_HISTORYRESPONSE']._serialized_start=1418
+  _globals['_HISTORYRESPONSE']._serialized_end=1477
+  _globals['_WORKLIST']._serialized_start=1577
+  _globals['_WORKLIST']._serialized_end=2018
 # @@protoc_insertion_point(module_scope)

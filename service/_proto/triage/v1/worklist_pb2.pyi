@@ -22,15 +22,17 @@ COMPLETED: ItemState
 SUPERSEDED: ItemState
 
 class FinalLabel(_message.Message):
-    __slots__ = ("label", "present")
+    __slots__ = ("label", "present", "not_assessed")
     LABEL_FIELD_NUMBER: _ClassVar[int]
     PRESENT_FIELD_NUMBER: _ClassVar[int]
+    NOT_ASSESSED_FIELD_NUMBER: _ClassVar[int]
     label: str
     present: bool
-    def __init__(self, label: _Optional[str] = ..., present: _Optional[bool] = ...) -> None: ...
+    not_assessed: bool
+    def __init__(self, label: _Optional[str] = ..., present: _Optional[bool] = ..., not_assessed: _Optional[bool] = ...) -> None: ...
 
 class WorklistItem(_message.Message):
-    __slots__ = ("item_id", "study_instance_uid", "worklist", "priority", "state", "result", "claimed_by", "lease_expires_unix", "created_unix", "updated_unix", "final_labels", "superseded_by")
+    __slots__ = ("item_id", "study_instance_uid", "worklist", "priority", "state", "result", "claimed_by", "lease_expires_unix", "created_unix", "updated_unix", "final_labels", "superseded_by", "needs_review", "review_reason", "latest_result")
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     STUDY_INSTANCE_UID_FIELD_NUMBER: _ClassVar[int]
     WORKLIST_FIELD_NUMBER: _ClassVar[int]
@@ -43,6 +45,9 @@ class WorklistItem(_message.Message):
     UPDATED_UNIX_FIELD_NUMBER: _ClassVar[int]
     FINAL_LABELS_FIELD_NUMBER: _ClassVar[int]
     SUPERSEDED_BY_FIELD_NUMBER: _ClassVar[int]
+    NEEDS_REVIEW_FIELD_NUMBER: _ClassVar[int]
+    REVIEW_REASON_FIELD_NUMBER: _ClassVar[int]
+    LATEST_RESULT_FIELD_NUMBER: _ClassVar[int]
     item_id: str
     study_instance_uid: str
     worklist: str
@@ -55,19 +60,24 @@ class WorklistItem(_message.Message):
     updated_unix: float
     final_labels: _containers.RepeatedCompositeFieldContainer[FinalLabel]
     superseded_by: str
-    def __init__(self, item_id: _Optional[str] = ..., study_instance_uid: _Optional[str] = ..., worklist: _Optional[str] = ..., priority: _Optional[_Union[_triage_pb2.Priority, str]] = ..., state: _Optional[_Union[ItemState, str]] = ..., result: _Optional[_Union[_triage_pb2.TriageResult, _Mapping]] = ..., claimed_by: _Optional[str] = ..., lease_expires_unix: _Optional[float] = ..., created_unix: _Optional[float] = ..., updated_unix: _Optional[float] = ..., final_labels: _Optional[_Iterable[_Union[FinalLabel, _Mapping]]] = ..., superseded_by: _Optional[str] = ...) -> None: ...
+    needs_review: bool
+    review_reason: str
+    latest_result: _triage_pb2.TriageResult
+    def __init__(self, item_id: _Optional[str] = ..., study_instance_uid: _Optional[str] = ..., worklist: _Optional[str] = ..., priority: _Optional[_Union[_triage_pb2.Priority, str]] = ..., state: _Optional[_Union[ItemState, str]] = ..., result: _Optional[_Union[_triage_pb2.TriageResult, _Mapping]] = ..., claimed_by: _Optional[str] = ..., lease_expires_unix: _Optional[float] = ..., created_unix: _Optional[float] = ..., updated_unix: _Optional[float] = ..., final_labels: _Optional[_Iterable[_Union[FinalLabel, _Mapping]]] = ..., superseded_by: _Optional[str] = ..., needs_review: _Optional[bool] = ..., review_reason: _Optional[str] = ..., latest_result: _Optional[_Union[_triage_pb2.TriageResult, _Mapping]] = ...) -> None: ...
 
 class ListRequest(_message.Message):
-    __slots__ = ("worklist", "states", "min_priority", "limit")
+    __slots__ = ("worklist", "states", "min_priority", "limit", "needs_review")
     WORKLIST_FIELD_NUMBER: _ClassVar[int]
     STATES_FIELD_NUMBER: _ClassVar[int]
     MIN_PRIORITY_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
+    NEEDS_REVIEW_FIELD_NUMBER: _ClassVar[int]
     worklist: str
     states: _containers.RepeatedScalarFieldContainer[ItemState]
     min_priority: _triage_pb2.Priority
     limit: int
-    def __init__(self, worklist: _Optional[str] = ..., states: _Optional[_Iterable[_Union[ItemState, str]]] = ..., min_priority: _Optional[_Union[_triage_pb2.Priority, str]] = ..., limit: _Optional[int] = ...) -> None: ...
+    needs_review: bool
+    def __init__(self, worklist: _Optional[str] = ..., states: _Optional[_Iterable[_Union[ItemState, str]]] = ..., min_priority: _Optional[_Union[_triage_pb2.Priority, str]] = ..., limit: _Optional[int] = ..., needs_review: _Optional[bool] = ...) -> None: ...
 
 class ListResponse(_message.Message):
     __slots__ = ("items",)
@@ -106,15 +116,51 @@ class CompleteRequest(_message.Message):
     def __init__(self, item_id: _Optional[str] = ..., reader: _Optional[str] = ..., final_labels: _Optional[_Iterable[_Union[FinalLabel, _Mapping]]] = ...) -> None: ...
 
 class WatchRequest(_message.Message):
-    __slots__ = ("worklist",)
+    __slots__ = ("worklist", "after_seq")
     WORKLIST_FIELD_NUMBER: _ClassVar[int]
+    AFTER_SEQ_FIELD_NUMBER: _ClassVar[int]
     worklist: str
-    def __init__(self, worklist: _Optional[str] = ...) -> None: ...
+    after_seq: int
+    def __init__(self, worklist: _Optional[str] = ..., after_seq: _Optional[int] = ...) -> None: ...
 
 class WorklistEvent(_message.Message):
-    __slots__ = ("kind", "item")
+    __slots__ = ("kind", "item", "seq", "at_unix", "actor", "from_state", "detail")
     KIND_FIELD_NUMBER: _ClassVar[int]
     ITEM_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    AT_UNIX_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    FROM_STATE_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
     kind: str
     item: WorklistItem
-    def __init__(self, kind: _Optional[str] = ..., item: _Optional[_Union[WorklistItem, _Mapping]] = ...) -> None: ...
+    seq: int
+    at_unix: float
+    actor: str
+    from_state: ItemState
+    detail: str
+    def __init__(self, kind: _Optional[str] = ..., item: _Optional[_Union[WorklistItem, _Mapping]] = ..., seq: _Optional[int] = ..., at_unix: _Optional[float] = ..., actor: _Optional[str] = ..., from_state: _Optional[_Union[ItemState, str]] = ..., detail: _Optional[str] = ...) -> None: ...
+
+class AmendRequest(_message.Message):
+    __slots__ = ("item_id", "reader", "final_labels", "reason")
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    READER_FIELD_NUMBER: _ClassVar[int]
+    FINAL_LABELS_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    item_id: str
+    reader: str
+    final_labels: _containers.RepeatedCompositeFieldContainer[FinalLabel]
+    reason: str
+    def __init__(self, item_id: _Optional[str] = ..., reader: _Optional[str] = ..., final_labels: _Optional[_Iterable[_Union[FinalLabel, _Mapping]]] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class HistoryRequest(_message.Message):
+    __slots__ = ("item_id",)
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    item_id: str
+    def __init__(self, item_id: _Optional[str] = ...) -> None: ...
+
+class HistoryResponse(_message.Message):
+    __slots__ = ("events",)
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[WorklistEvent]
+    def __init__(self, events: _Optional[_Iterable[_Union[WorklistEvent, _Mapping]]] = ...) -> None: ...

@@ -59,6 +59,16 @@ class WorklistStub:
                 request_serializer=triage_dot_v1_dot_worklist__pb2.WatchRequest.SerializeToString,
                 response_deserializer=triage_dot_v1_dot_worklist__pb2.WorklistEvent.FromString,
                 _registered_method=True)
+        self.Amend = channel.unary_unary(
+                '/triage.v1.Worklist/Amend',
+                request_serializer=triage_dot_v1_dot_worklist__pb2.AmendRequest.SerializeToString,
+                response_deserializer=triage_dot_v1_dot_worklist__pb2.WorklistItem.FromString,
+                _registered_method=True)
+        self.History = channel.unary_unary(
+                '/triage.v1.Worklist/History',
+                request_serializer=triage_dot_v1_dot_worklist__pb2.HistoryRequest.SerializeToString,
+                response_deserializer=triage_dot_v1_dot_worklist__pb2.HistoryResponse.FromString,
+                _registered_method=True)
 
 
 class WorklistServicer:
@@ -94,6 +104,20 @@ class WorklistServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Amend(self, request, context):
+        """Correct the final labels of a COMPLETED item (audited; clears its review flag).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def History(self, request, context):
+        """Every audited change of one item, oldest first, each with the item as it was then.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorklistServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -121,6 +145,16 @@ def add_WorklistServicer_to_server(servicer, server):
                     servicer.Watch,
                     request_deserializer=triage_dot_v1_dot_worklist__pb2.WatchRequest.FromString,
                     response_serializer=triage_dot_v1_dot_worklist__pb2.WorklistEvent.SerializeToString,
+            ),
+            'Amend': grpc.unary_unary_rpc_method_handler(
+                    servicer.Amend,
+                    request_deserializer=triage_dot_v1_dot_worklist__pb2.AmendRequest.FromString,
+                    response_serializer=triage_dot_v1_dot_worklist__pb2.WorklistItem.SerializeToString,
+            ),
+            'History': grpc.unary_unary_rpc_method_handler(
+                    servicer.History,
+                    request_deserializer=triage_dot_v1_dot_worklist__pb2.HistoryRequest.FromString,
+                    response_serializer=triage_dot_v1_dot_worklist__pb2.HistoryResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -258,6 +292,60 @@ class Worklist:
             '/triage.v1.Worklist/Watch',
             triage_dot_v1_dot_worklist__pb2.WatchRequest.SerializeToString,
             triage_dot_v1_dot_worklist__pb2.WorklistEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Amend(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/triage.v1.Worklist/Amend',
+            triage_dot_v1_dot_worklist__pb2.AmendRequest.SerializeToString,
+            triage_dot_v1_dot_worklist__pb2.WorklistItem.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def History(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/triage.v1.Worklist/History',
+            triage_dot_v1_dot_worklist__pb2.HistoryRequest.SerializeToString,
+            triage_dot_v1_dot_worklist__pb2.HistoryResponse.FromString,
             options,
             channel_credentials,
             insecure,

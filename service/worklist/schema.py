@@ -1,0 +1,142 @@
+"""The worklist database schema as numbered migrations, applied in order at start-up.
+
+Each migration is a list of plain SQL statements (tables, columns, indexes; no triggers, no
+engine-specific types beyond what SQLite and PostgreSQL share), run in one transaction together
+with the row recording it in ``schema_migrations``, so a crash leaves the database at one
+version or the next, never between. Opening a database written by a newer release (a version
+this code does not know) is refused rather than guessed at.
+
+Versions:
+
+1. ``items`` (one row per worklist item, its current result) and ``audit`` (every change).
+   Databases made before migrations were numbered are at this version: its statements are
+   ``IF NOT EXISTS``, so applying it to one of them changes nothing.
+2. ``results``: every triage result ever recorded for a study, with its decision inputs (bundle,
+   policy version, defer cost), who set the cost and who sent it, the decision, the labels and
+   findings present, and its routing; items point at their current result (``result_id``) and,
+   when completed, at a newer one (``latest_result_id``); ``review_reason`` flags an item for
+   review; every audit entry gets a ``snapshot`` of the item right after the change. Existing
+   items get one ``results`` row each, whose decision inputs are unknown (NULL). The unique
+   (study, bundle) index gives way to "one active item per study" (a re-triage with another cost
+   or policy is a new result of the same bundle).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Sequence
+
+from service.core.errors import WorklistError
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (  # 1: the original schema
+        """CREATE TABLE IF NOT EXISTS items (
+            item_id TEXT PRIMARY KEY,
+            study_uid TEXT NOT NULL,
+            bundle_id TEXT NOT NULL,
+            worklist TEXT NOT NULL,
+            priority INTEGER NOT NULL,
+            state TEXT NOT NULL,
+            result BLOB NOT NULL,
+            created REAL NOT NULL,
+            updated REAL NOT NULL,
+            claimed_by TEXT NOT NULL DEFAULT '',
+            lease_expires REAL NOT NULL DEFAULT 0,
+            final_labels TEXT NOT NULL DEFAULT '{}',
+            superseded_by TEXT NOT NULL DEFAULT ''
+        )""",
+        "CREATE UNIQUE INDEX IF NOT EXISTS one_item_per_study_bundle "
+        "ON items (study_uid, bundle_id)",
+        "CREATE INDEX IF NOT EXISTS by_queue ON items (state, worklist, priority DESC, created)",
+        """CREATE TABLE IF NOT EXISTS audit (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            item_id TEXT NOT NULL,
+            at REAL NOT NULL,
+            actor TEXT NOT NULL,
+            action TEXT NOT NULL,
+            from_state TEXT NOT NULL,
+            to_state TEXT NOT NULL,
+            detail TEXT NOT NULL DEFAULT ''
+        )""",
+        "CREATE INDEX IF NOT EXISTS audit_by_item ON audit (item_id, seq)",
+    ),
+    (  # 2: results with their decision inputs, review flags, audit snapshots
+        """CREATE TABLE results (
+            result_id INTEGER PRIMARY KEY AUTOINCREMENT,
+            item_id TEXT NOT NULL,
+            study_uid TEXT NOT NULL,
+            bundle_id TEXT NOT NULL,
+            policy_version TEXT,
+            defer_cost REAL,
+            cost_set_by TEXT NOT NULL DEFAULT '',
+            caller TEXT NOT NULL DEFAULT '',
+            decision TEXT NOT NULL DEFAULT '',
+            labels TEXT NOT NULL DEFAULT '[]',
+            findings TEXT NOT NULL DEFAULT '[]',
+            worklist TEXT NOT NULL,
+            priority INTEGER NOT NULL,
+            result BLOB NOT NULL,
+            recorded REAL NOT NULL
+        )""",
+        "CREATE INDEX results_by_study ON results (study_uid, result_id)",
+        "ALTER TABLE items ADD COLUMN result_id INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE items ADD COLUMN latest_result_id INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE items ADD COLUMN review_reason TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE audit ADD COLUMN snapshot TEXT NOT NULL DEFAULT ''",
+        "INSERT INTO results (item_id, study_uid, bundle_id, worklist, priority, result, recorded) "
+        "SELECT item_id, study_uid, bundle_id, worklist, priority, result, created FROM items "
+        "ORDER BY created, item_id",
+        "UPDATE items SET result_id = "
+        "(SELECT r.result_id FROM results r WHERE r.item_id = items.item_id)",
+        "DROP INDEX one_item_per_study_bundle",
+        "CREATE UNIQUE INDEX one_active_item_per_study ON items (study_uid) "
+        "WHERE superseded_by = ''",
+        "CREATE INDEX items_by_study ON items (study_uid, created)",
+    ),
+)
+
+#: The schema version this code writes.
+VERSION = len(MIGRATIONS)
+
+_LEDGER = (
+    "CREATE TABLE IF NOT EXISTS schema_migrations "
+    "(version INTEGER PRIMARY KEY, applied REAL NOT NULL)"
+)
+
+
+def current_version(db: sqlite3.Connection) -> int:
+    """The highest migration applied (0 for an empty database)."""
+    row = db.execute("SELECT COALESCE(MAX(version), 0) FROM schema_migrations").fetchone()
+    return int(row[0])
+
+
+def migrate(db: sqlite3.Connection, migrations: Sequence[Sequence[str]] = MIGRATIONS) -> int:
+    """Apply every pending migration, each in its own transaction; returns the version reached.
+
+    ``db`` must be in autocommit mode (``isolation_level=None``). The write lock is taken before
+    the version is read, so two processes opening one file at once migrate it once.
+    """
+    db.execute(_LEDGER)
+    while True:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            version = current_version(db)
+            if version > len(migrations):
+                raise WorklistError(
+                    f"the worklist database is at schema version {version}, newer than this "
+                    f"release's {len(migrations)}: upgrade the service instead"
+                )
+            if version == len(migrations):
+                db.execute("COMMIT")
+                return version
+            for statement in migrations[version]:
+                db.execute(statement)
+            db.execute(
+                "INSERT INTO schema_migrations (version, applied) VALUES (?, ?)",
+                (version + 1, time.time()),
+            )
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
