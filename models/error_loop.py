@@ -109,18 +109,36 @@ class Outputs:
 
 
 @torch.no_grad()
-def guard_outputs(model: DenseNet, images: F32, batch_size: int = 64) -> tuple[F32, ...]:
-    """The multi-layer guard's feature groups for every image (eval mode, no augmentation)."""
+def guarded_outputs(
+    model: DenseNet, images: F32, batch_size: int = 64
+) -> tuple[F32, F32, F32, tuple[F32, ...]]:
+    """(probabilities, cams, pooled, guard feature groups) for every image in one pass (eval
+    mode, no augmentation)."""
     model.eval()
+    probs, cams, pooled = [], [], []
     parts: list[list[F32]] = []
     for start in range(0, len(images), batch_size):
         x = torch.from_numpy(images[start : start + batch_size])
-        _, _, features = guard_features(model, x.contiguous(memory_format=torch.channels_last))
+        z, _, features = guard_features(model, x.contiguous(memory_format=torch.channels_last))
+        logits, cam, feat = model.head(z)
+        probs.append(torch.sigmoid(logits).numpy())
+        cams.append(cam.numpy())
+        pooled.append(feat.numpy())
         if not parts:
             parts = [[] for _ in features]
         for group, f in zip(parts, features, strict=True):
             group.append(f.numpy())
-    return tuple(np.concatenate(g) for g in parts)
+    return (
+        np.concatenate(probs),
+        np.concatenate(cams),
+        np.concatenate(pooled),
+        tuple(np.concatenate(g) for g in parts),
+    )
+
+
+def guard_outputs(model: DenseNet, images: F32, batch_size: int = 64) -> tuple[F32, ...]:
+    """The multi-layer guard's feature groups for every image."""
+    return guarded_outputs(model, images, batch_size)[3]
 
 
 def _outputs(
@@ -130,9 +148,11 @@ def _outputs(
     gen: torch.Generator | None,
     guard: bool = False,
 ) -> Outputs:
+    if guard and gen is None and len(images):
+        probs, cams, pooled, groups = guarded_outputs(run.model, images)
+        return Outputs(probs, cams, pooled, labels, groups)
     probs, cams, pooled = classifier_outputs(run.model, images, gen=gen)
-    groups = guard_outputs(run.model, images) if guard and len(images) else ()
-    return Outputs(probs, cams, pooled, labels, groups)
+    return Outputs(probs, cams, pooled, labels)
 
 
 def _concat(parts: list[Outputs]) -> Outputs:

@@ -78,7 +78,8 @@ def score_table(
     passes += [classifier_outputs(run.model, x, gen=gen) for _ in range(views)]
     regions = None
     if has_anatomy(table.root, table.sop_uids):
-        regions = load_regions(table.root, table.sop_uids, REGION_GRID)
+        h = int(passes[0][1].shape[-1])  # the grid: the multiple of the map side nearest 32
+        regions = load_regions(table.root, table.sop_uids, h * max(1, REGION_GRID // h))
     return Scored(
         probs=np.stack([p[0] for p in passes]),
         cams=np.stack([p[1] for p in passes]),
@@ -209,7 +210,8 @@ def paired_difference(
     for _ in range(resamples):
         pick = np.concatenate([groups[k] for k in rng.integers(0, len(groups), len(groups))])
         draws.append(auroc(y[pick], a[pick]) - auroc(y[pick], b[pick]))
-    lo, hi = np.nanpercentile(draws, [2.5, 97.5]) if draws else (math.nan, math.nan)
+    finite = [d for d in draws if math.isfinite(d)]
+    lo, hi = np.percentile(finite, [2.5, 97.5]) if finite else (math.nan, math.nan)
     value = auroc(y[index], a[index]) - auroc(y[index], b[index])
     return {"difference": value, "low": float(lo), "high": float(hi)}
 

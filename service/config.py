@@ -46,6 +46,7 @@ from typing import Any
 ENV_PREFIX = "TRIAGE_"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 KNOWN_PROVIDERS = ("TensorRT", "CUDA", "CPU")
+BACKENDS = ("onnxruntime", "kserve")
 
 
 class ConfigError(ValueError):
@@ -319,8 +320,17 @@ class EligibilityConfig:
 
 @dataclass(frozen=True)
 class InferenceConfig:
-    """ONNX Runtime providers and micro-batching."""
+    """Where the model runs (in-process ONNX Runtime or a remote KServe v2 server), batching."""
 
+    backend: str = knob(
+        "onnxruntime",
+        "Where the bundle's graph runs: `onnxruntime` (in this process, on `inference.providers`) "
+        "or `kserve` (a remote KServe v2 / Open Inference Protocol server such as Triton, at "
+        "`inference.kserve_address`; its model's metadata is checked against the bundle at "
+        "start-up and readiness follows its ModelReady). The bundle still defines labels, "
+        "thresholds and preprocessing either way.",
+        one_of(BACKENDS),
+    )
     providers: tuple[str, ...] = knob(
         KNOWN_PROVIDERS,
         "ONNX Runtime execution providers in order of preference; only those that load are used.",
@@ -347,7 +357,8 @@ class InferenceConfig:
         "2 streams of 1 thread served uncompressed RG1 studies at concurrency 8 about 1.2 times "
         "faster than 1 stream of 2 threads (15.3 against 12.9 studies/s), at the price of a lone "
         "request's latency (p50 116 against 91 ms at concurrency 1). Set 1 where single-study "
-        "latency matters more.",
+        "latency matters more. With `inference.backend = kserve`: micro-batches in flight to the "
+        "server at once (0: 4).",
         between(0, 64),
     )
     intra_op_threads: int = knob(
@@ -365,6 +376,54 @@ class InferenceConfig:
         "start on a new GPU builds them, which takes minutes for DenseNet-121); empty: no cache.",
     )
     trt_fp16: bool = knob(True, "Let the TensorRT provider use FP16 kernels.")
+    kserve_address: str = knob(
+        "",
+        "`HOST:PORT` of the KServe v2 gRPC endpoint (Triton's port 8001) when `inference.backend` "
+        "is `kserve`.",
+    )
+    kserve_model: str = knob(
+        "cxr_triage",
+        "Model name on the KServe server (`triage export triton --model-name`).",
+        non_empty,
+    )
+    kserve_model_version: str = knob(
+        "", "Model version on the KServe server; empty: the server's version policy chooses."
+    )
+    kserve_tls: bool = knob(
+        False,
+        "Talk TLS to the KServe server (verified against `inference.kserve_tls_ca`, else the "
+        "system's CA roots).",
+    )
+    kserve_tls_ca: str = knob(
+        "", "PEM CA bundle that verifies the KServe server's certificate.", file_exists
+    )
+    kserve_tls_cert: str = knob(
+        "",
+        "PEM client certificate chain for mutual TLS with the KServe server (with "
+        "`inference.kserve_tls_key`).",
+        file_exists,
+    )
+    kserve_tls_key: str = knob("", "PEM key of `inference.kserve_tls_cert`.", file_exists)
+    kserve_timeout_seconds: float = knob(
+        10.0,
+        "Longest wait for one remote batch (ModelInfer) or check; past it the batch's requests "
+        "get UNAVAILABLE (a shorter client deadline gives DEADLINE_EXCEEDED first).",
+        above(0),
+    )
+    kserve_health_seconds: float = knob(
+        1.0,
+        "How often the remote model's readiness (ModelReady) is polled; readiness goes "
+        "NOT_SERVING when it fails and SERVING again when it answers ready (a failed batch "
+        "flips it at once).",
+        above(0),
+    )
+    kserve_startup_seconds: float = knob(
+        300.0,
+        "How long start-up waits for an unreachable or not-ready remote model (liveness "
+        "SERVING, readiness NOT_SERVING meanwhile) before the server gives up and exits; a "
+        "remote model whose metadata differs from the bundle is refused at once.",
+        above(0),
+    )
 
 
 @dataclass(frozen=True)
@@ -526,6 +585,210 @@ class RoutingConfig:
         return data
 
 
+#: The transfer syntaxes the decoder reads, in the Storage SCP's order of preference (it
+#: accepts the first of these a proposed context offers): lossless compressed (no conversion by
+#: the sender), then uncompressed, then lossy (only when the sender offers nothing else).
+DECODABLE_SYNTAXES = (
+    "1.2.840.10008.1.2.4.90",  # JPEG 2000 Lossless
+    "1.2.840.10008.1.2.4.80",  # JPEG-LS Lossless
+    "1.2.840.10008.1.2.4.70",  # JPEG Lossless SV1
+    "1.2.840.10008.1.2.4.57",  # JPEG Lossless
+    "1.2.840.10008.1.2.5",  # RLE Lossless
+    "1.2.840.10008.1.2.1.99",  # Deflated Explicit VR Little Endian
+    "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
+    "1.2.840.10008.1.2",  # Implicit VR Little Endian
+    "1.2.840.10008.1.2.2",  # Explicit VR Big Endian (retired)
+    "1.2.840.10008.1.2.4.50",  # JPEG Baseline (8-bit)
+    "1.2.840.10008.1.2.4.51",  # JPEG Extended (12-bit)
+    "1.2.840.10008.1.2.4.81",  # JPEG-LS Near-Lossless
+    "1.2.840.10008.1.2.4.91",  # JPEG 2000
+)
+#: CR, DX for presentation, DX for processing.
+RADIOGRAPH_STORAGE = (
+    "1.2.840.10008.5.1.4.1.1.1",
+    "1.2.840.10008.5.1.4.1.1.1.1",
+    "1.2.840.10008.5.1.4.1.1.1.1.1",
+)
+#: Transfer syntaxes the result objects may be written in.
+OBJECT_SYNTAXES = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2.5", "1.2.840.10008.1.2.4.90")
+
+
+def uid_list(what: str) -> Check:
+    """Refuse an empty list or an item that is not a UID (digits and dots)."""
+
+    def check(value: Any) -> str | None:
+        if not value:
+            return f"must list at least one {what}"
+        bad = [v for v in value if not v or not all(c.isdigit() or c == "." for c in v)]
+        return f"not a UID: {bad}" if bad else None
+
+    return check
+
+
+def ae_title(value: Any) -> str | None:
+    """Refuse an AE title that is empty, longer than 16 characters or has a backslash."""
+    ok = bool(value.strip()) and len(value) <= 16 and "\\" not in value
+    return None if ok else "must be 1 to 16 characters without a backslash"
+
+
+@dataclass(frozen=True)
+class DicomConfig:
+    """The DICOM front door (a Storage SCP beside gRPC) and where DICOM results are sent."""
+
+    port: int = knob(
+        0,
+        "Port of the DICOM Storage SCP (C-STORE intake, C-ECHO); 0 turns it off.",
+        between(0, 65535, "0: off"),
+    )
+    host: str = knob(
+        "127.0.0.1", "Address the SCP binds (loopback by default, like `server.host`).", non_empty
+    )
+    ae_title: str = knob(
+        "CXRTRIAGE",
+        "This deployment's AE title: the called AE title the SCP answers to, and the calling "
+        "AE title towards destinations (unless a destination sets its own).",
+        ae_title,
+    )
+    allowed_callers: tuple[str, ...] = knob(
+        (),
+        "Who may associate: entries `TITLE` (that calling AE title from any host) or "
+        "`TITLE@HOST` (HOST an address or a CIDR network, e.g. `CR1@10.1.2.0/24`). An unknown "
+        "calling AE title is rejected at association (A-ASSOCIATE-RJ, calling AE title not "
+        "recognised), a host no entry names is refused at connect, a known title from another "
+        "host is aborted right after association. Empty: anyone on the network (logged as a "
+        "warning at start-up).",
+    )
+    sop_classes: tuple[str, ...] = knob(
+        RADIOGRAPH_STORAGE,
+        "Storage SOP classes accepted (UIDs): CR, DX for presentation, DX for processing. "
+        "Verification (C-ECHO) is always accepted. Add e.g. CT Image Storage "
+        "(`1.2.840.10008.5.1.4.1.1.2`) where a forwarding rule sends whole studies: such "
+        "instances are stored, not triaged, and counted as not eligible.",
+        uid_list("SOP class"),
+    )
+    transfer_syntaxes: tuple[str, ...] = knob(
+        DECODABLE_SYNTAXES,
+        "Transfer syntaxes accepted (UIDs), in order of preference (the first one a proposed "
+        "context offers is accepted): those the decoder reads, lossless compressed first (the "
+        "sender need not convert), then uncompressed, then lossy (JPEG baseline and extended, "
+        "JPEG-LS near-lossless, JPEG 2000) only when nothing else is offered.",
+        uid_list("transfer syntax"),
+    )
+    max_associations: int = knob(
+        8, "Associations open at once; the next is rejected (local limit exceeded).", at_least(1)
+    )
+    max_pdu: int = knob(
+        116794,
+        "Largest P-DATA PDU the SCP receives (bytes; dcmtk's default; 0: unlimited).",
+        at_least(0),
+    )
+    timeout_seconds: float = knob(
+        30.0,
+        "ACSE, DIMSE and network timeout of an association (a silent peer is dropped), and the "
+        "connect and response timeout of the sender.",
+        above(0),
+    )
+    quiet_seconds: float = knob(
+        10.0,
+        "A study is complete when no instance of it arrived for this long (Orthanc calls it "
+        "StableAge); then it is triaged.",
+        above(0),
+    )
+    complete_on_release: bool = knob(
+        False,
+        "Also treat a study as complete as soon as the association that carried it is released "
+        "(a modality sending one study per association); the quiet period still applies to "
+        "studies split over several associations.",
+    )
+    spool_dir: str = knob(
+        "dicom-spool",
+        "Folder where received instances are written (fsync'd) before C-STORE answers Success; "
+        "studies spooled but not triaged (a crash) are triaged at start-up.",
+        non_empty,
+    )
+    max_study_bytes: int = knob(
+        512 * 1024 * 1024,
+        "Largest total of one study's spooled instances; an instance past it gets 0xA700 "
+        "(out of resources).",
+        at_least(1024),
+        shown="`536870912` (512 MiB)",
+    )
+    max_study_instances: int = knob(
+        64, "Most instances of one study; the next gets 0xA700.", at_least(1)
+    )
+    max_spool_bytes: int = knob(
+        4 * 1024 * 1024 * 1024,
+        "Largest total of the spool; an instance past it gets 0xA700 until studies are "
+        "triaged and their instances removed.",
+        at_least(1024),
+        shown="`4294967296` (4 GiB)",
+    )
+    triage_workers: int = knob(
+        2,
+        "Complete studies triaged at once (each holds a decode worker while decoding).",
+        between(1, 64),
+    )
+    retry_seconds: float = knob(
+        5.0,
+        "When triaging a study fails for a passing reason (overload, model not ready), it is "
+        "tried again after this long (kept in the spool meanwhile).",
+        above(0),
+    )
+    sc_transfer_syntax: str = knob(
+        "1.2.840.10008.1.2.5",
+        "Transfer syntax of the Secondary Capture overlays: RLE Lossless, or Explicit VR Little "
+        "Endian `1.2.840.10008.1.2.1` for receivers that take no compressed data.",
+        one_of(OBJECT_SYNTAXES),
+    )
+    seg_transfer_syntax: str = knob(
+        "1.2.840.10008.1.2.4.90",
+        "Transfer syntax of the Segmentation: JPEG 2000 Lossless (about 1 MB for an RG1-sized "
+        "image with four segments, 14 MB uncompressed), or RLE Lossless `1.2.840.10008.1.2.5` "
+        "or Explicit VR Little Endian `1.2.840.10008.1.2.1` for receivers without JPEG 2000.",
+        one_of(OBJECT_SYNTAXES),
+    )
+    destinations: tuple[dict[str, Any], ...] = knob(
+        (),
+        "Where DICOM results are sent, as a TOML array of tables (`[[dicom.destinations]]`); "
+        "file only. Keys: `name`, `ae_title`, `host`, `port` (required), `kinds` (of SR, SC, "
+        "SEG, KOS; default SR, SC, SEG), `sources` (results of studies from `dicom`, `grpc` or "
+        "both, the default), `calling_ae_title`, `tls`, `tls_ca`, `tls_cert`, `tls_key`. Each "
+        "object gets one outbox row per destination, written with the result.",
+        shown="none",
+    )
+    send_backoff_seconds: float = knob(
+        2.0,
+        "Wait after a destination's first failed attempt; doubled after each further one, up to "
+        "`dicom.send_backoff_max_seconds`.",
+        above(0),
+    )
+    send_backoff_max_seconds: float = knob(
+        300.0, "Longest wait between attempts to send one object.", above(0)
+    )
+    send_max_attempts: int = knob(
+        0,
+        "Attempts after which an object is marked FAILED and no longer sent (0: never give "
+        "up; a PACS down for hours gets everything once it is back).",
+        at_least(0),
+    )
+    send_lease_seconds: float = knob(
+        60.0,
+        "How long a sender holds the outbox rows it is sending; rows of a sender that died "
+        "(SIGKILL) are sent again after it, with the same SOP Instance UIDs.",
+        above(0),
+    )
+    keep_sent_objects: bool = knob(
+        False,
+        "Keep the bytes of objects every destination acknowledged (off: they are dropped "
+        "from the worklist database once sent; the outbox rows stay).",
+    )
+
+    @property
+    def enabled(self) -> bool:
+        """True when the Storage SCP runs."""
+        return self.port != 0
+
+
 @dataclass(frozen=True)
 class LoggingConfig:
     """Log level and format."""
@@ -553,6 +816,7 @@ class ServiceConfig:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     worklist: WorklistConfig = field(default_factory=WorklistConfig)
     routing: RoutingConfig = field(default_factory=RoutingConfig)
+    dicom: DicomConfig = field(default_factory=DicomConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
 
@@ -856,6 +1120,19 @@ def _tls_rules(security: SecurityConfig) -> Iterator[Problem]:
         yield "security.tls_client_ca", security.tls_client_ca, reason
 
 
+def _kserve_rules(inference: InferenceConfig) -> Iterator[Problem]:
+    if inference.backend == "kserve" and not inference.kserve_address:
+        yield "inference.kserve_address", "", "required when inference.backend is kserve"
+    cert, key = inference.kserve_tls_cert, inference.kserve_tls_key
+    if bool(cert) != bool(key):
+        name = "inference.kserve_tls_key" if cert else "inference.kserve_tls_cert"
+        yield name, key or cert, "kserve_tls_cert and kserve_tls_key must be set together"
+    for name in ("kserve_tls_ca", "kserve_tls_cert"):
+        value = getattr(inference, name)
+        if value and not inference.kserve_tls:
+            yield f"inference.{name}", value, "needs inference.kserve_tls = true"
+
+
 def _routing_rules(routing: RoutingConfig) -> Iterator[Problem]:
     from service.stages.routing import parse_routing
 
@@ -865,17 +1142,34 @@ def _routing_rules(routing: RoutingConfig) -> Iterator[Problem]:
         yield "routing.rules", "[[routing.rules]]", str(exc)
 
 
+def _dicom_rules(dicom: DicomConfig) -> Iterator[Problem]:
+    from service.dicom.callers import parse_callers
+    from service.dicom.destinations import parse_destinations
+
+    try:
+        parse_destinations(dicom.destinations)
+    except ValueError as exc:
+        yield "dicom.destinations", "[[dicom.destinations]]", str(exc)
+    try:
+        parse_callers(dicom.allowed_callers)
+    except ValueError as exc:
+        yield "dicom.allowed_callers", list(dicom.allowed_callers), str(exc)
+
+
 def validate(config: ServiceConfig) -> list[Problem]:
     """Every problem as (dotted key, value, reason); empty when the configuration is valid.
 
     The checks of every field, then the rules that span fields: the defer-cost bounds, TLS
-    certificate and key together (and mutual TLS only with TLS), and the routing rules.
+    certificate and key together (and mutual TLS only with TLS), the KServe backend's address and
+    TLS files, the routing rules, and the DICOM destinations and allowed callers.
     """
     return [
         *_field_problems(config),
         *_defer_cost_rules(config.policy),
         *_tls_rules(config.security),
+        *_kserve_rules(config.inference),
         *_routing_rules(config.routing),
+        *_dicom_rules(config.dicom),
     ]
 
 

@@ -150,9 +150,11 @@ class TriagePipeline:
         policy = self.policy.current()
         cost = policy.cost_for(options.defer_cost)
         self._check(options, "decoding")
+        handover = time.thread_time()
         study = self.decoder.decode(
             instances, want_display=options.include_overlay, deadline=options.deadline
         )
+        trace.cpu_ms["hand-over"] = (time.thread_time() - handover) * 1000.0
         trace.study_hash = hash_uid(study.study_instance_uid)
         trace.ignored, trace.notes = len(study.selection.ignored), study.selection.notes
         trace.reduce_level, trace.box = study.reduce_level, study.box
@@ -188,6 +190,7 @@ class TriagePipeline:
             raise
         trace.stages_ms["queue"] = output.queue_ms
         trace.stages_ms["inference"] = output.inference_ms
+        trace.cpu_ms["model"] = output.inference_cpu_ms
         trace.batch_size = output.batch_size
         return output
 
@@ -201,7 +204,7 @@ class TriagePipeline:
         trace: RequestTrace,
     ) -> StudyResult:
         """Decision, findings and routing: the study's result."""
-        t_post = time.perf_counter()
+        t_post, cpu_post = time.perf_counter(), time.thread_time()
         decision = decide(output.p_error, output.ood_score, prepared.policy, prepared.defer_cost)
         study = prepared.study
         display = study.display if options.include_overlay else None
@@ -212,6 +215,7 @@ class TriagePipeline:
         )
         total_ms = (time.perf_counter() - prepared.started) * 1000.0
         trace.stages_ms["decision"] = (time.perf_counter() - t_post) * 1000.0
+        trace.cpu_ms["conclude"] = (time.thread_time() - cpu_post) * 1000.0
         trace.decision = decision.decision.name
         trace.reasons = tuple(r.name for r in decision.reasons)
         trace.p_error = decision.p_error

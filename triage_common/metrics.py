@@ -13,11 +13,13 @@ def _rank_average(values: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     order = np.argsort(values, kind="mergesort")
     sorted_vals = values[order]
     ranks = np.empty(len(values), dtype=np.float64)
-    boundaries = np.flatnonzero(np.diff(sorted_vals)) + 1
-    starts = np.concatenate(([0], boundaries))
-    ends = np.concatenate((boundaries, [len(values)]))
-    for s, e in zip(starts, ends, strict=True):
-        ranks[order[s:e]] = (s + e + 1) / 2.0
+    if len(values) == 0:
+        return ranks
+    first = np.concatenate(([True], sorted_vals[1:] != sorted_vals[:-1]))
+    starts = np.flatnonzero(first)
+    ends = np.concatenate((starts[1:], [len(values)]))
+    group = np.cumsum(first) - 1  # the tie group of each sorted position
+    ranks[order] = ((starts + ends + 1) / 2.0)[group]
     return ranks
 
 

@@ -9,8 +9,9 @@ over a worklist export.
 PSI = sum over bins of (o - r) * ln(o / r), with ``o`` and ``r`` the observed and reference
 shares, each count smoothed by half a study so that an empty bin stays finite. Rules of thumb
 (Siddiqi 2006, credit scoring): below 0.1 no shift, 0.1-0.25 a moderate shift, above 0.25 a
-large one. With few observed studies PSI is noisy (a window of 50 draws from the reference itself
-gives about 0.2): alerts also require a minimum window (:data:`MIN_WINDOW`).
+large one. With few observed studies PSI is noisy: draws from the reference itself give a median
+of 0.31 for 50 studies, 0.08 for 200 (95th percentile 0.14) and 0.02 for 1,000, so alerts also
+require a minimum window (:data:`MIN_WINDOW`).
 """
 
 from __future__ import annotations

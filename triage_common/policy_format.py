@@ -120,8 +120,13 @@ class MonitoringReference:
 
     def group(self, site: str) -> str:
         """The group a production study of ``site`` is compared with: its own site when the
-        calibration set had it, else ``all``."""
-        return site if site in self.studies and site != "all" else "all"
+        calibration set had it (case and surrounding spaces aside: the service reads
+        InstitutionName upper-cased), else ``all``."""
+        key = site.strip().casefold()
+        for name in self.studies:
+            if name != "all" and name.strip().casefold() == key:
+                return name
+        return "all"
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON types."""

@@ -101,6 +101,16 @@ COMMANDS: tuple[Command, ...] = (
     Command(
         ("bench", "durability"), "triage_tools.apps.bench_durability", "SIGKILL the server, audit"
     ),
+    Command(
+        ("bench", "dicom"),
+        "triage_tools.apps.bench_dicom",
+        "studies/s through the DICOM Storage SCP beside gRPC, same studies",
+    ),
+    Command(
+        ("bench", "kserve"),
+        "triage_tools.apps.bench_kserve",
+        "studies/s through a remote Triton (KServe v2) beside in-process inference",
+    ),
 )
 
 

@@ -56,8 +56,9 @@ def _mirror(position: str) -> str:
     return position
 
 
-#: A pixel belongs to a burned-in label's mask where the label's alpha exceeds this.
-TEXT_ALPHA_MIN = 0.05
+#: A pixel belongs to a burned-in label's mask where the label's alpha exceeds this (0: every
+#: pixel the label touches, anti-aliased edges included).
+TEXT_ALPHA_MIN = 0.0
 
 
 def place_text(
@@ -65,7 +66,7 @@ def place_text(
 ) -> npt.NDArray[np.bool_]:
     """Burn ``text`` into ``image`` (in place) at the style's corner, moved by ``offset``.
 
-    Returns the label's mask: the pixels it changed (alpha above :data:`TEXT_ALPHA_MIN`; the
+    Returns the label's mask: the pixels it touches (alpha above :data:`TEXT_ALPHA_MIN`; the
     whole box of an inverted label).
     """
     size = image.shape[0]

@@ -123,6 +123,7 @@ class ModelOutput:
     queue_ms: float
     inference_ms: float
     batch_size: int
+    inference_cpu_ms: float = 0.0  # the batch's CPU in the batcher thread, shared per image
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,11 @@ are fixed vocabularies (RPC name, status code, decision, stage): never a UID or 
 - ``triage_batch_size``: images per inference batch.
 - ``triage_queue_depth``: images waiting for the batcher (sampled after each batch).
 - ``triage_in_flight``: Triage calls being handled.
+- ``triage_cpu_seconds_total{stage}``: CPU time per step of finished calls, where it ran:
+  ``receive`` (a stream's reader thread), ``assemble``, ``hand-over`` (copying the study into a
+  decode worker), ``header``/``decode``/``preprocess`` (in the decode worker), ``model`` (the
+  batcher thread's share per image), ``conclude``, ``result`` (protobuf, worklist commit).
+  gRPC's own transport threads are not in it: a process's total less these is their share.
 - ``triage_decode_tasks_total{outcome}`` and ``triage_decode_seconds``: studies through the
   decode workers (outcome ``ok`` or the error class) and their wall time.
 - ``triage_decode_worker_replacements_total{reason}``: workers killed or retired and replaced
@@ -75,6 +80,12 @@ class Metrics:
         )
         self.in_flight = Gauge(
             "triage_in_flight", "Triage calls being handled", registry=self.registry
+        )
+        self.cpu_seconds = Counter(
+            "triage_cpu_seconds",
+            "CPU time of finished calls by step, where it ran",
+            ["stage"],
+            registry=self.registry,
         )
         self.decode_tasks = Counter(
             "triage_decode_tasks",
@@ -237,3 +248,11 @@ class Metrics:
                     reference.p_error_histogram[group], window.counts().astype(float)
                 )
                 self.p_error_psi.labels(site=label).set(psi)
+
+    def observe_cpu(self, cpu_ms: dict[str, float]) -> None:
+        """Add one finished call's CPU milliseconds per step."""
+        if not self.enabled:
+            return
+        for stage, ms in cpu_ms.items():
+            if ms > 0:
+                self.cpu_seconds.labels(stage=stage).inc(ms / 1000.0)

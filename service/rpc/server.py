@@ -13,7 +13,14 @@ name                 SERVING when
 ``readiness``        the model is ready and the server is not draining: send studies
 ``triage.v1.Triage`` same as ``readiness``
 ``""`` (overall)     same as ``readiness`` (NOT_SERVING until the bundle is warmed up)
+``dicom``            the DICOM Storage SCP listens (only with ``dicom.port`` set)
 ===================  ========================================================================
+
+With ``inference.backend = "kserve"``, ``model``, ``readiness``, ``triage.v1.Triage`` and the
+overall status also follow the remote model's readiness (``ModelReady``, polled every
+``inference.kserve_health_seconds``; a batch failing as unavailable flips them at once), while
+``liveness`` stays SERVING: an orchestrator takes the replica out of rotation while the model
+server is away, without restarting it.
 
 Graceful shutdown (:meth:`TriageServer.stop`, SIGTERM in ``triage serve``): health goes
 NOT_SERVING, new calls are refused, calls in flight get ``server.shutdown_grace_seconds`` to
@@ -30,6 +37,7 @@ from collections.abc import Callable, Sequence
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 import numpy as np
@@ -39,6 +47,8 @@ from service._proto.triage.v1 import triage_pb2, triage_pb2_grpc, worklist_pb2
 from service.bundle import Bundle, load_bundle
 from service.config import ConfigError, ServiceConfig, is_loopback
 from service.core.types import InferenceModel
+from service.dicom.metrics import DicomMetrics
+from service.dicom.service import DicomService, dicom_outputs
 from service.pipeline import TriagePipeline
 from service.rpc.auth import BearerTokenInterceptor
 from service.rpc.health import TriageHealthServicer
@@ -54,6 +64,9 @@ from service.worklist.store import SqliteWorklistStore, WorklistStore
 from triage_common.heap import release_free_memory
 from triage_common.logging import get_logger
 
+if TYPE_CHECKING:
+    from service.stages.kserve import KServeModel
+
 log = get_logger("service.server")
 
 TRIAGE_SERVICE = triage_pb2.DESCRIPTOR.services_by_name["Triage"].full_name
@@ -61,6 +74,8 @@ WORKLIST_SERVICE = worklist_pb2.DESCRIPTOR.services_by_name["Worklist"].full_nam
 LIVENESS = "liveness"
 READINESS = "readiness"
 MODEL = "model"
+#: SERVING while the DICOM Storage SCP listens (``dicom.port`` set).
+DICOM_SCP = "dicom"
 OVERALL = ""
 #: Seconds without a call after which freed heap memory goes back to the kernel.
 IDLE_TRIM_SECONDS = 5.0
@@ -121,8 +136,10 @@ class TriageServer:
         policy: PolicySource,
         router: Router,
         model: InferenceModel | None,
+        dicom: DicomService | None = None,
     ) -> None:
         self.config = config
+        self.dicom = dicom  # the Storage SCP and the outbox sender (dicom.* keys)
         self.bundle = bundle
         self.grpc_server = grpc_server
         self.port = port
@@ -133,6 +150,7 @@ class TriageServer:
         self.router = router
         self.metrics_port: int | None = None
         self._model = model
+        self._remote: KServeModel | None = None  # the KServe client (inference.backend kserve)
         self._loaded: _Loaded | None = None
         self._ready = threading.Event()
         self._load_error: BaseException | None = None
@@ -163,6 +181,10 @@ class TriageServer:
         self._set((OVERALL, READINESS, MODEL, TRIAGE_SERVICE), False)
         self._set((LIVENESS,), True)
         self.grpc_server.start()
+        if self.dicom is not None:
+            self.dicom.start()
+            if self.dicom.scp is not None:
+                self._set((DICOM_SCP,), True)
         if self.config.metrics.port:
             self.metrics_port = self.metrics.serve(
                 self.config.metrics.host, self.config.metrics.port
@@ -225,7 +247,14 @@ class TriageServer:
         from service.stages.inference import open_model
 
         opened = open_model(self.bundle, inference)
+        self._remote = opened.remote
         return opened.model, opened.providers, opened.plan.streams
+
+    def _follow_remote(self, ready: bool) -> None:
+        """Readiness follows the remote model (kserve); liveness stays SERVING."""
+        with self._lock:
+            if not self._stopping and self._ready.is_set():
+                self._set((OVERALL, READINESS, MODEL, TRIAGE_SERVICE), ready)
 
     def _load(self) -> None:
         try:
@@ -259,6 +288,8 @@ class TriageServer:
                 self._loaded = _Loaded(batcher, pipeline, providers, decoder)
                 self._ready.set()
                 self._set((OVERALL, READINESS, MODEL, TRIAGE_SERVICE), True)
+                if self._remote is not None:
+                    self._remote.watch(self._follow_remote)
             log.info(
                 "ready",
                 providers=providers,
@@ -287,14 +318,20 @@ class TriageServer:
         grace = self.config.server.shutdown_grace_seconds if grace is None else grace
         log.info("draining", in_flight=self.servicer.admission.in_flight, grace_s=grace)
         self.servicer.drain()
+        if self.dicom is not None:
+            self.dicom.drain()
         self.health.enter_graceful_shutdown()
         done = self.grpc_server.stop(grace)
 
         def finish() -> None:
             done.wait()
+            if self.dicom is not None:  # its triages still use the batcher
+                self.dicom.stop(grace)
             if self._loaded is not None:
                 self._loaded.batcher.stop(timeout=5.0)
                 self._loaded.decoder.stop()
+            if self._remote is not None:
+                self._remote.close()
             self.metrics.close()
             log.info("stopped", torch_loaded="torch" in sys.modules)
             self._stopped.set()
@@ -361,6 +398,7 @@ def create_server(
     policy = policy or policy_source(bundle, config.policy)
     s = config.server
     metrics = Metrics(enabled=bool(config.metrics.port))
+    outputs = dicom_outputs(config, bundle.labels)
     interceptors = []
     tokens = config.security.all_tokens()
     if tokens:
@@ -386,6 +424,7 @@ def create_server(
         lambda: holder[0].pipeline() if holder else None,
         store,
         token_names(config.security.named_tokens()) if tokens else None,
+        outputs=outputs,
     )
     triage_pb2_grpc.add_TriageServicer_to_server(servicer, grpc_server)  # type: ignore[no-untyped-call]
     for _name, register in extra_services:
@@ -401,8 +440,16 @@ def create_server(
         port = grpc_server.add_secure_port(address, credentials)
     if port == 0:
         raise OSError(f"cannot bind {address}")
-    server = TriageServer(
-        config, bundle, grpc_server, port, health_servicer, servicer, metrics, policy, router, model
+    dicom = DicomService(
+        config,
+        outputs,
+        store,
+        lambda: holder[0].pipeline() if holder else None,
+        DicomMetrics(metrics.registry, metrics.enabled),
     )
+    server = TriageServer(
+        config, bundle, grpc_server, port, health_servicer, servicer, metrics, policy, router,
+        model, dicom=dicom,
+    )  # fmt: skip
     holder.append(server)
     return server, port

@@ -30,6 +30,7 @@ from typing import Any
 import grpc
 
 from service._proto.triage.v1 import triage_pb2, triage_pb2_grpc
+from service.commit import commit_result, to_proto
 from service.config import ServerConfig
 from service.core.errors import (
     Cancelled,
@@ -40,12 +41,13 @@ from service.core.errors import (
     TooLarge,
 )
 from service.core.types import StudyResult
+from service.dicom.outputs import GRPC, DicomOutputs
 from service.pipeline import RequestOptions, RequestTrace, TriagePipeline
 from service.rpc.identity import caller_identity
 from service.rpc.metrics import Metrics
 from service.rpc.status import status_for, status_label
 from service.stages.decode_pool import InstanceBytes
-from service.worklist.store import Placement, Triaged, WorklistStore
+from service.worklist.store import WorklistStore
 from triage_common.logging import get_logger
 
 log = get_logger("service.requests")
@@ -66,6 +68,8 @@ class Gathered:
     defer_cost: float | None
     include_overlay: bool
     calling_ae_title: str
+    receive_cpu_ms: float = 0.0  # a stream's reader thread (protobuf parsing of the chunks)
+    include_dicom_objects: bool = False  # return the result as DICOM objects too
 
 
 class Admission:
@@ -138,6 +142,7 @@ def gather_unary(request: triage_pb2.TriageRequest, limits: ServerConfig) -> Gat
         request.defer_cost if request.HasField("defer_cost") else None,
         request.include_overlay,
         request.calling_ae_title,
+        include_dicom_objects=request.include_dicom_objects,
     )
 
 
@@ -149,6 +154,8 @@ class _StreamReader:
     """
 
     _END = object()
+    #: CPU milliseconds the reader thread spent (set when the stream ended normally).
+    cpu_ms = 0.0
 
     def __init__(self, chunks: Iterable[triage_pb2.StudyChunk]) -> None:
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
@@ -158,9 +165,11 @@ class _StreamReader:
         self._thread.start()
 
     def _read(self, iterator: Iterator[triage_pb2.StudyChunk]) -> None:
+        start = time.thread_time()
         try:
             for chunk in iterator:
                 self._queue.put(chunk)
+            self.cpu_ms = (time.thread_time() - start) * 1000.0
         except grpc.RpcError:
             self._queue.put(Cancelled("the client ended the stream before it was complete"))
         except BaseException as exc:  # the handler reports it; this thread just ends
@@ -203,9 +212,10 @@ def gather_stream(
     current: int | None = None
     total = 0
     defer_cost: float | None = None
-    overlay = False
+    overlay = dicom = False
     ae_title = ""
-    for chunk in _StreamReader(chunks).chunks(deadline, budget):
+    reader = _StreamReader(chunks)
+    for chunk in reader.chunks(deadline, budget):
         data = chunk.data  # each read of a bytes field copies it: read it once
         if len(data) > limits.max_message_bytes:
             raise TooLarge(
@@ -230,58 +240,13 @@ def gather_stream(
         if defer_cost is None and chunk.HasField("defer_cost"):
             defer_cost = chunk.defer_cost
         overlay = overlay or chunk.include_overlay
+        dicom = dicom or chunk.include_dicom_objects
         ae_title = ae_title or chunk.calling_ae_title
     instances: list[InstanceBytes] = [p if len(p) > 1 else p[0] for p in parts.values() if any(p)]
     if not instances:
         raise InvalidStudy("the stream carried no instance data")
-    return Gathered(instances, defer_cost, overlay, ae_title)
-
-
-def to_proto(result: StudyResult) -> triage_pb2.TriageResult:
-    """The protobuf form of a :class:`StudyResult`."""
-    t = result.timings
-    return triage_pb2.TriageResult(
-        study_instance_uid=result.study_instance_uid,
-        decision=result.decision.name,  # protobuf takes an enum by its name
-        p_error=result.p_error,
-        defer_cost=result.defer_cost,
-        findings=[
-            triage_pb2.Finding(
-                label=f.label,
-                probability=f.probability,
-                present=f.present,
-                heatmap=triage_pb2.Heatmap(
-                    height=int(f.cam.shape[0]),
-                    width=int(f.cam.shape[1]),
-                    values=f.cam.ravel().tolist(),
-                ),
-                threshold=f.threshold,
-                p_error=f.p_error,
-                overlay_png=f.overlay_png,
-            )
-            for f in result.findings
-        ],
-        worklist=result.worklist,
-        model_version=result.model_version,
-        defer_reasons=[r.name for r in result.defer_reasons],
-        priority=result.priority.name,
-        ood_score=result.ood_score,
-        ood_threshold=result.ood_threshold,
-        sop_instance_uid=result.sop_instance_uid,
-        ignored_instances=[
-            triage_pb2.IgnoredInstance(sop_instance_uid=i.sop_instance_uid, reason=i.reason)
-            for i in result.ignored
-        ],
-        timings=triage_pb2.StageTimings(
-            decode_ms=t.decode_ms,
-            preprocess_ms=t.preprocess_ms,
-            queue_ms=t.queue_ms,
-            inference_ms=t.inference_ms,
-            total_ms=t.total_ms,
-        ),
-        policy_version=result.policy_version,
-        p_error_raw=result.p_error_raw,
-        site=result.site,
+    return Gathered(
+        instances, defer_cost, overlay, ae_title, reader.cpu_ms, include_dicom_objects=dicom
     )
 
 
@@ -295,12 +260,14 @@ class TriageServicer(triage_pb2_grpc.TriageServicer):
         pipeline: Callable[[], TriagePipeline | None],
         store: WorklistStore | None = None,
         token_names: Mapping[str, str] | None = None,
+        outputs: DicomOutputs | None = None,
     ) -> None:
         self._token_names = dict(token_names or {})  # token fingerprint -> holder's name
         self._limits = limits
         self._metrics = metrics
         self._pipeline = pipeline  # None until the model is loaded and warmed up
         self._store = store  # None: worklist off (tests and benchmarks of the triage path)
+        self._outputs = outputs  # DICOM result objects (None: none asked, no destination)
         self.admission = Admission(limits.max_in_flight, metrics.set_in_flight)
         self._draining = threading.Event()
 
@@ -334,7 +301,7 @@ class TriageServicer(triage_pb2_grpc.TriageServicer):
     def _handle(
         self, rpc: str, context: grpc.ServicerContext, gather: Callable[[float], Gathered]
     ) -> triage_pb2.TriageResult:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.thread_time()
         trace = RequestTrace()
         code = grpc.StatusCode.OK
         message = ""
@@ -351,15 +318,20 @@ class TriageServicer(triage_pb2_grpc.TriageServicer):
             with self.admission.slot():
                 deadline = self._deadline(context)
                 gathered = gather(deadline)
+                trace.cpu_ms["receive"] = gathered.receive_cpu_ms
+                trace.cpu_ms["assemble"] = (time.thread_time() - cpu) * 1000.0
                 options = RequestOptions(
                     defer_cost=gathered.defer_cost,
-                    include_overlay=gathered.include_overlay,
+                    include_overlay=gathered.include_overlay
+                    or self._needs_overlay(gathered.include_dicom_objects),
                     calling_ae_title=gathered.calling_ae_title,
                     deadline=deadline,
                     is_active=context.is_active,
                 )
                 result = pipeline.run(gathered.instances, options, trace)
+                cpu = time.thread_time()
                 reply = self._commit(result, to_proto(result), trace, gathered, context)
+                trace.cpu_ms["result"] = (time.thread_time() - cpu) * 1000.0
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException as exc:  # the one boundary: native panics (BaseException) too
@@ -373,6 +345,9 @@ class TriageServicer(triage_pb2_grpc.TriageServicer):
             raise AssertionError("context.abort returned")  # pragma: no cover
         return reply
 
+    def _needs_overlay(self, asked: bool) -> bool:
+        return self._outputs is not None and self._outputs.needs_overlay(GRPC, asked)
+
     def _commit(
         self,
         result: StudyResult,
@@ -383,57 +358,59 @@ class TriageServicer(triage_pb2_grpc.TriageServicer):
     ) -> triage_pb2.TriageResult:
         """Name who set the cost and who sent the study, store the result, return what is stored.
 
-        The client sees a result only after it is committed (fsync'd) with its worklist item,
-        exactly as stored (item id and placed priority included). A resend with the same
-        decision inputs (bundle, policy, cost) returns the stored result marked ``replayed``,
-        and the log line and metrics then describe that stored result; other inputs re-triage
-        the study (``service.worklist.store``).
+        The shared commit (:func:`service.commit.commit_result`): the client sees a result only
+        after it is committed (fsync'd) with its worklist item and the DICOM objects queued for
+        the destinations, exactly as stored (item id and placed priority included). A resend
+        with the same decision inputs (bundle, policy, cost) returns the stored result marked
+        ``replayed``, and the log line and metrics then describe that stored result; other
+        inputs re-triage the study (``service.worklist.store``). Asked-for DICOM objects are
+        added to the reply, not to the stored result.
         """
-        reply.caller = caller_identity(context, self._token_names, gathered.calling_ae_title)
-        if gathered.defer_cost is not None:
-            reply.defer_cost_set_by = "request"
-        elif result.policy_version:
-            reply.defer_cost_set_by = f"policy {result.policy_version}"
-        else:
-            reply.defer_cost_set_by = "deployment"
-        if self._store is None:
-            return reply
+        if not gathered.include_overlay:  # computed for the DICOM overlays only
+            for finding in reply.findings:
+                finding.overlay_png = b""
+        pending = None
+        if self._outputs is not None:
+            pending = self._outputs.pending(
+                result, gathered.instances, GRPC, gathered.include_dicom_objects
+            )
         tick = time.perf_counter()
-
-        def encode(placement: Placement) -> bytes:
-            reply.worklist_item_id = placement.item_id
-            reply.worklist = placement.worklist
-            reply.priority = placement.priority.name  # type: ignore[assignment]
-            return reply.SerializeToString()
-
-        recorded = self._store.record(
-            Triaged(
-                study_uid=result.study_instance_uid,
-                bundle_id=result.model_version,
-                policy_version=result.policy_version,
-                defer_cost=result.defer_cost,
-                decision=result.decision,
-                worklist=result.worklist,
-                priority=result.priority,
-                labels=tuple(f.label for f in result.findings),
-                findings_present=tuple(f.label for f in result.findings if f.present),
-                cost_set_by=reply.defer_cost_set_by,
-                caller=reply.caller,
-            ),
-            encode,
+        committed = commit_result(
+            self._store,
+            result,
+            reply,
+            caller=caller_identity(context, self._token_names, gathered.calling_ae_title),
+            cost_from_request=gathered.defer_cost is not None,
+            objects=pending.for_store if pending is not None and pending.routed else None,
         )
-        trace.stages_ms["commit"] = (time.perf_counter() - tick) * 1000.0
-        if not recorded.replayed:
-            if recorded.outcome != "NEW":
-                trace.notes = (*trace.notes, f"re-triaged: {recorded.outcome.lower()}")
+        reply = committed.reply
+        if self._store is not None:
+            trace.stages_ms["commit"] = (time.perf_counter() - tick) * 1000.0
+        if pending is not None and gathered.include_dicom_objects:
+            reply.dicom_objects.extend(
+                triage_pb2.DicomObject(
+                    kind=o.kind,
+                    sop_class_uid=o.sop_class_uid,
+                    sop_instance_uid=o.sop_instance_uid,
+                    transfer_syntax_uid=o.transfer_syntax_uid,
+                    data=o.data,
+                )
+                for o in pending.reply_objects(
+                    self._store,
+                    committed.replayed,
+                    committed.result_id,
+                    triage_pb2.Priority.Name(reply.priority),
+                )
+            )
+        if not committed.replayed:
+            if committed.outcome not in ("", "NEW"):
+                trace.notes = (*trace.notes, f"re-triaged: {committed.outcome.lower()}")
             return reply
-        stored = triage_pb2.TriageResult.FromString(recorded.result)
-        stored.replayed = True
-        trace.decision = triage_pb2.Decision.Name(stored.decision)
-        trace.reasons = tuple(triage_pb2.DeferReason.Name(r) for r in stored.defer_reasons)
-        trace.p_error = stored.p_error
+        trace.decision = triage_pb2.Decision.Name(reply.decision)
+        trace.reasons = tuple(triage_pb2.DeferReason.Name(r) for r in reply.defer_reasons)
+        trace.p_error = reply.p_error
         trace.notes = (*trace.notes, "replayed stored result")
-        return stored
+        return reply
 
     def _record(
         self,
@@ -453,6 +430,7 @@ class TriageServicer(triage_pb2_grpc.TriageServicer):
             "reasons": list(trace.reasons),
             "p_error": None if trace.p_error is None else round(trace.p_error, 6),
             "ms": {k: round(v, 2) for k, v in trace.stages_ms.items()},
+            "cpu_ms": {k: round(v, 2) for k, v in trace.cpu_ms.items()},
             "batch": trace.batch_size or None,
             "j2k_level": trace.reduce_level or None,
             "box": trace.box if trace.box > 1 else None,
@@ -468,6 +446,7 @@ class TriageServicer(triage_pb2_grpc.TriageServicer):
                 fields["reason"] = str(failure)  # our own messages: no patient data
         log.info("triage_request", **fields)
         self._metrics.observe_request(rpc, status, trace.decision, trace.stages_ms)
+        self._metrics.observe_cpu(trace.cpu_ms)
         pipeline = self._pipeline() if trace.decision else None
         self._metrics.observe_result(
             trace.site,

@@ -48,7 +48,7 @@ BatchObserver = Callable[[int, float, int], None]  # (batch size, inference seco
 
 
 def split_outputs(
-    outputs: dict[str, F32], queue_ms: list[float], inference_ms: float
+    outputs: dict[str, F32], queue_ms: list[float], inference_ms: float, cpu_ms: float = 0.0
 ) -> list[ModelOutput]:
     """One :class:`ModelOutput` per row of a batch's outputs."""
     n = len(queue_ms)
@@ -67,6 +67,7 @@ def split_outputs(
             queue_ms=queue_ms[i],
             inference_ms=inference_ms,
             batch_size=n,
+            inference_cpu_ms=cpu_ms / n,
         )
         for i in range(n)
     ]
@@ -178,14 +179,20 @@ class MicroBatcher:
     def _run(self, items: list[_Item], started: float) -> None:
         batch = np.stack([item.image for item in items]).astype(np.float32, copy=False)
         try:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.thread_time()
             outputs = self._model.run(batch)
-            seconds = time.perf_counter() - t0
+            seconds, cpu = time.perf_counter() - t0, time.thread_time() - c0
             results = split_outputs(
                 outputs,
                 [(started - item.enqueued) * 1000.0 for item in items],
                 seconds * 1000.0,
+                cpu * 1000.0,
             )
+        except (NotReady, Overloaded) as exc:  # a remote model (kserve) that is down or full
+            log.warning("inference_unavailable", error=type(exc).__name__, batch=len(items))
+            for item in items:
+                item.future.set_exception(type(exc)(str(exc)))
+            return
         except Exception as exc:
             log.error("inference_failed", error=type(exc).__name__, batch=len(items))
             for item in items:

@@ -28,11 +28,37 @@ from service.config import EligibilityConfig
 from service.core.errors import DecoderFailed, TriageError
 from service.stages.decode import DecodeOptions
 from service.stages.study import decode_study
-from triage_common.heap import release_free_memory
+from triage_common.heap import limit_arenas, release_free_memory, retain_freed_memory
 from triage_common.preprocess import PreprocessSpec
 
-#: Resident memory above the worker's idle figure past which freed memory is returned at once.
-TRIM_ABOVE_BASELINE = 32 << 20
+
+def _preload_codecs() -> None:
+    """Import what pydicom loads lazily on the first pixel decode (its decoders and the
+    pylibjpeg plugins, Pillow's JPEG 2000 plugin), so that the forkserver holds them and a new
+    worker's first study costs no imports (under load that once took the 2 s limit)."""
+    import contextlib
+    import importlib
+
+    for name in (
+        "pydicom.pixels.decoders.pylibjpeg",
+        "pydicom.pixels.decoders.rle",
+        "pydicom.pixels.decoders.base",
+        "openjpeg",
+        "libjpeg",
+        "rle",
+        "PIL.Jpeg2KImagePlugin",
+    ):
+        with contextlib.suppress(ImportError):
+            importlib.import_module(name)
+
+
+_preload_codecs()
+
+#: Freed memory a worker keeps for the next study (a JPEG 2000 decode needs tens of MB).
+RETAINED_BYTES = 64 << 20
+#: Resident memory above the worker's idle figure past which freed memory is returned at once
+#: (above what it retains on purpose).
+TRIM_ABOVE_BASELINE = RETAINED_BYTES + (64 << 20)
 #: Bytes at the start of the output arena: the current instance index (int64; -1: none).
 OUT_HEADER = 64
 
@@ -144,6 +170,8 @@ def serve(conn: Connection, settings: WorkerSettings, in_size: int, out_size: in
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server decides when workers stop
     _die_with_parent()
     _quiet_stderr()
+    limit_arenas()  # one malloc arena, as in the server
+    retain_freed_memory(RETAINED_BYTES)  # a codec's buffers reused, not faulted in each study
     limit = settings.memory_bytes
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     arena = _map(conn, in_size)

@@ -21,6 +21,7 @@ a file object over the view, so the header parse copies only the elements it rea
 from __future__ import annotations
 
 import io
+import re
 from typing import TYPE_CHECKING
 
 import pydicom
@@ -103,9 +104,43 @@ def describe_parse_error(exc: BaseException) -> str:
     return f"malformed DICOM ({type(exc).__name__} while parsing the data set)"
 
 
+#: Bytes in which a deflated file's meta group names its transfer syntax (checked first).
+META_PEEK = 1 << 12
+#: How much of the file the fast header path copies to look for the pixel data element.
+HEAD_BYTES = 1 << 16
+_PIXEL_TAG = re.compile(b"|".join(re.escape(t) for t in sorted(PIXEL_TAGS)))
+
+
+def _head(view: memoryview) -> tuple[io.BytesIO, int] | None:
+    """The bytes up to the first PixelData tag, as a C-speed file object (the header parse
+    makes hundreds of small reads), or None when no tag shows in the first bytes."""
+    head = bytes(view[:HEAD_BYTES])
+    found = _PIXEL_TAG.search(head)
+    if found is None:
+        return None
+    at = found.start()
+    return io.BytesIO(head[: at + 16]), at  # the element header pydicom reads to stop
+
+
 def parse_dataset(data: BytesLike, *, stop_before_pixels: bool) -> tuple[Dataset, int]:
-    """The data set and the position where parsing stopped; InvalidStudy when malformed."""
-    fp = ViewReader(data)
+    """The data set and the position where parsing stopped; InvalidStudy when malformed.
+
+    Before pixels, the fast path parses a copy of the bytes up to the first PixelData tag and
+    keeps the result only when the parse stopped exactly there (the tag bytes could also occur
+    inside an earlier value); otherwise the whole view is parsed in place.
+    """
+    view = memoryview(data).cast("B")
+    if stop_before_pixels:
+        fast = _head(view)
+        if fast is not None:
+            head, at = fast
+            try:
+                ds = pydicom.dcmread(head, stop_before_pixels=True)
+                if head.tell() == at:
+                    return ds, at
+            except Exception:  # the slow path below reports a real problem
+                pass
+    fp = ViewReader(view)
     try:
         ds = pydicom.dcmread(fp, stop_before_pixels=stop_before_pixels)
     except Exception as exc:  # pydicom raises many types on bad input; all mean "not decodable"
@@ -150,7 +185,7 @@ def read_header(
             f"instance {index}: {len(view)} bytes is too short to be a DICOM Part-10 file"
         )
     inflated: bytes | None = None
-    if transfer_syntax_of(view) == DEFLATED:
+    if DEFLATED.encode() in bytes(view[:META_PEEK]) and transfer_syntax_of(view) == DEFLATED:
         inflated = inflate_file(view, index, max_inflated_bytes)
         view = memoryview(inflated)
     ds, position = parse_dataset(view, stop_before_pixels=True)

@@ -6,6 +6,11 @@ really load here (CPU last), plans how many batches run at once and with how man
 session on the bundle's graph with the GPU provider options (TensorRT engine cache, FP16). The
 server, calibration/evaluation and ``triage bench serve`` all open their model here, so they run
 the graph the same way. The session itself lives in :mod:`triage_common.onnx_runtime`.
+
+With ``inference.backend = "kserve"`` the graph runs on a remote KServe v2 server instead
+(:mod:`service.stages.kserve`): :func:`open_model` returns a client whose metadata was checked
+against the bundle, with ``remote`` set so that the server's readiness can follow it, and
+``inference.streams`` batches in flight to it at once (0: ``kserve.DEFAULT_STREAMS``).
 """
 
 from __future__ import annotations
@@ -13,9 +18,11 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from service.bundle import Bundle
 from service.config import InferenceConfig
+from service.core.types import InferenceModel
 from triage_common.onnx_runtime import (
     PROVIDER_NAMES,
     InferencePlan,
@@ -26,14 +33,22 @@ from triage_common.onnx_runtime import (
     usable_cores,
 )
 
+if TYPE_CHECKING:
+    from service.stages.kserve import KServeModel
+
 
 @dataclass(frozen=True)
 class OpenedModel:
-    """A session on the bundle's graph, the providers it runs on and the plan it was opened for."""
+    """A session on the bundle's graph, the providers it runs on and the plan it was opened for.
 
-    model: OnnxRuntimeModel
+    ``remote`` is the KServe client when the graph runs on a remote server (``model`` is then
+    that client too), else None.
+    """
+
+    model: InferenceModel
     providers: list[str]
     plan: InferencePlan
+    remote: KServeModel | None = None
 
 
 def settings_for(inference: InferenceConfig) -> ProviderSettings:
@@ -68,6 +83,12 @@ def open_model(
     """
     if streams is not None:
         inference = dataclasses.replace(inference, streams=streams)
+    if inference.backend == "kserve":
+        from service.stages.kserve import DEFAULT_STREAMS, open_kserve
+
+        remote = open_kserve(bundle, inference)
+        plan = InferencePlan(streams=inference.streams or DEFAULT_STREAMS, intra_op_threads=0)
+        return OpenedModel(remote, remote.providers, plan, remote)
     providers = providers_for(inference)
     plan = plan_for(inference, providers)
     model = OnnxRuntimeModel(

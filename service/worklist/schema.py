@@ -19,6 +19,10 @@ Versions:
    items get one ``results`` row each, whose decision inputs are unknown (NULL). The unique
    (study, bundle) index gives way to "one active item per study" (a re-triage with another cost
    or policy is a new result of the same bundle).
+3. ``dicom_objects`` (the DICOM result objects of a result: kind, UIDs, transfer syntax, bytes)
+   and ``outbox`` (one row per object and destination, never two: the unique index; its state
+   QUEUED, SENT or FAILED, attempts, when it is due next, the lease of the sender working on it,
+   the last error). Both are written in the transaction that records the result.
 """
 
 from __future__ import annotations
@@ -93,6 +97,36 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE UNIQUE INDEX one_active_item_per_study ON items (study_uid) "
         "WHERE superseded_by = ''",
         "CREATE INDEX items_by_study ON items (study_uid, created)",
+    ),
+    (  # 3: DICOM result objects and their outbox
+        """CREATE TABLE dicom_objects (
+            object_id INTEGER PRIMARY KEY AUTOINCREMENT,
+            result_id INTEGER NOT NULL,
+            study_uid TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            sop_class_uid TEXT NOT NULL,
+            sop_instance_uid TEXT NOT NULL,
+            transfer_syntax_uid TEXT NOT NULL,
+            data BLOB NOT NULL,
+            created REAL NOT NULL
+        )""",
+        "CREATE UNIQUE INDEX dicom_objects_by_sop ON dicom_objects (sop_instance_uid)",
+        "CREATE INDEX dicom_objects_by_result ON dicom_objects (result_id, object_id)",
+        """CREATE TABLE outbox (
+            outbox_id INTEGER PRIMARY KEY AUTOINCREMENT,
+            object_id INTEGER NOT NULL,
+            destination TEXT NOT NULL,
+            state TEXT NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt REAL NOT NULL,
+            lease_owner TEXT NOT NULL DEFAULT '',
+            lease_expires REAL NOT NULL DEFAULT 0,
+            last_error TEXT NOT NULL DEFAULT '',
+            created REAL NOT NULL,
+            sent REAL NOT NULL DEFAULT 0
+        )""",
+        "CREATE UNIQUE INDEX outbox_once ON outbox (object_id, destination)",
+        "CREATE INDEX outbox_due ON outbox (destination, state, next_attempt)",
     ),
 )
 

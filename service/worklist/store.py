@@ -32,11 +32,24 @@ label of the item's result (``True``, ``False``, or ``None``: not assessed) and 
 labels. Audit entries carry a snapshot of the item right after the change, which
 :meth:`~WorklistStore.history` and :meth:`~WorklistStore.events_since` (Watch) return.
 
+The outbox. A result may come with DICOM objects to send (:class:`NewObject`, each naming its
+destinations): they are written in the same transaction as the result (``dicom_objects``, and
+one ``outbox`` row per object and destination, which a unique index keeps to one), so there is
+no result without its outbox rows and no row twice; a replay writes none. Senders take due rows
+with a lease (:meth:`~WorklistStore.claim_outbox`: QUEUED, due, not leased by another sender),
+so several replicas can send from one database; :meth:`~WorklistStore.outbox_sent` marks a row
+SENT, :meth:`~WorklistStore.outbox_retry` counts a failed attempt and sets when it is due again
+(or gives up: FAILED). Nothing of the outbox lives only in a sender's memory: a sender killed
+between sending and marking leaves the row leased until the lease expires, and it is sent again
+with the same bytes, so the same SOP Instance UID (the one duplicate DICOM allows, the receiver
+de-duplicates).
+
 The store is patient-data grade (it holds study UIDs); nothing here logs them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
 import threading
@@ -68,6 +81,10 @@ NEW, REQUEUED, ATTACHED, REPLAYED = "NEW", "REQUEUED", "ATTACHED", "REPLAYED"
 
 #: A read: label -> present (True), absent (False) or not assessed (None).
 Read = dict[str, bool | None]
+
+#: Outbox row states.
+OUTBOX_QUEUED, OUTBOX_SENT, OUTBOX_FAILED = "QUEUED", "SENT", "FAILED"
+OUTBOX_STATES = (OUTBOX_QUEUED, OUTBOX_SENT, OUTBOX_FAILED)
 
 
 @dataclass(frozen=True)
@@ -158,6 +175,69 @@ Encoder = Callable[[Placement], bytes]
 
 
 @dataclass(frozen=True)
+class NewObject:
+    """A DICOM object to store with a result and send to ``destinations``."""
+
+    kind: str
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax_uid: str
+    data: bytes = field(repr=False)
+    destinations: tuple[str, ...] = ()
+
+
+#: The objects to record with a result, for its placement (called inside the transaction, only
+#: when the result is recorded: never for a replay).
+Objects = Callable[[Placement], Sequence[NewObject]]
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """A DICOM object stored with a result (``data`` empty once sent and pruned)."""
+
+    object_id: int
+    result_id: int
+    study_uid: str
+    kind: str
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax_uid: str
+    data: bytes = field(repr=False)
+    created: float = 0.0
+
+
+@dataclass(frozen=True)
+class OutboxEntry:
+    """One outbox row with its object (``data`` only from :meth:`WorklistStore.claim_outbox`)."""
+
+    outbox_id: int
+    object_id: int
+    destination: str
+    state: str
+    attempts: int
+    next_attempt: float
+    last_error: str
+    created: float
+    sent: float
+    kind: str
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax_uid: str
+    study_uid: str
+    data: bytes = field(default=b"", repr=False)
+
+
+@dataclass(frozen=True)
+class OutboxStats:
+    """Rows of one destination by state, and the creation time of its oldest queued row."""
+
+    queued: int = 0
+    sent: int = 0
+    failed: int = 0
+    oldest_queued: float | None = None
+
+
+@dataclass(frozen=True)
 class Recorded:
     """Outcome of :meth:`WorklistStore.record`: the item, what happened, the result returned."""
 
@@ -165,6 +245,7 @@ class Recorded:
     outcome: str  # NEW, REQUEUED, ATTACHED or REPLAYED
     result: bytes  # the new result as stored, or the stored result replayed
     superseded: tuple[str, ...] = ()
+    result_id: int = 0  # the results row stored or replayed
 
     @property
     def replayed(self) -> bool:
@@ -180,7 +261,9 @@ class Recorded:
 class WorklistStore(Protocol):
     """What the service needs from a worklist database (SQLite here; others may follow)."""
 
-    def record(self, triaged: Triaged, encode: Encoder) -> Recorded: ...
+    def record(
+        self, triaged: Triaged, encode: Encoder, objects: Objects | None = None
+    ) -> Recorded: ...
 
     def get(self, item_id: str) -> Item: ...
 
@@ -212,6 +295,24 @@ class WorklistStore(Protocol):
     def events_since(self, seq: int, limit: int = 500) -> list[Event]: ...
 
     def latest_seq(self) -> int: ...
+
+    def result_objects(self, result_id: int) -> list[StoredObject]: ...
+
+    def claim_outbox(
+        self, destination: str, owner: str, limit: int = 16, lease_s: float = 60.0
+    ) -> list[OutboxEntry]: ...
+
+    def outbox_sent(self, outbox_id: int, owner: str, prune: bool = True) -> bool: ...
+
+    def outbox_retry(
+        self, outbox_id: int, owner: str, error: str, next_attempt: float, give_up: bool = False
+    ) -> bool: ...
+
+    def list_outbox(
+        self, states: Sequence[str] = OUTBOX_STATES, destination: str = "", limit: int = 100
+    ) -> list[OutboxEntry]: ...
+
+    def outbox_stats(self) -> dict[str, OutboxStats]: ...
 
     def close(self) -> None: ...
 
@@ -384,8 +485,9 @@ class SqliteWorklistStore:
             f"{t.policy_version or 'none'}; sent by {t.caller or 'unknown'}"
         )
 
-    def record(self, triaged: Triaged, encode: Encoder) -> Recorded:
-        """Store a triage result (or replay the stored one); see the module docstring."""
+    def record(self, triaged: Triaged, encode: Encoder, objects: Objects | None = None) -> Recorded:
+        """Store a triage result (or replay the stored one) with its DICOM objects and outbox
+        rows; see the module docstring."""
         t = triaged
         with self._transaction() as db:
             latest = db.execute(
@@ -394,7 +496,8 @@ class SqliteWorklistStore:
             ).fetchone()
             if latest is not None and same_inputs(_facts(latest), t.facts()):
                 item = self._get(db, latest["item_id"])
-                return Recorded(item, REPLAYED, bytes(latest["result"]))
+                result_id = int(latest["result_id"])
+                return Recorded(item, REPLAYED, bytes(latest["result"]), result_id=result_id)
             active_row = db.execute(
                 "SELECT item_id FROM items WHERE study_uid = ? AND superseded_by = ''",
                 (t.study_uid,),
@@ -408,8 +511,14 @@ class SqliteWorklistStore:
             if latest is not None:
                 change = describe_change(_facts(latest), t.facts())
             if active is None or active.state in (QUEUED, SUPERSEDED):
-                return self._queue(db, t, encode, priority, active, change)
-            return self._attach(db, t, encode, priority, active, change)
+                recorded = self._queue(db, t, encode, priority, active, change)
+            else:
+                recorded = self._attach(db, t, encode, priority, active, change)
+            if objects is not None:
+                item = recorded.item
+                placement = Placement(item.item_id, item.worklist, item.priority, item.state)
+                self._insert_objects(db, recorded.result_id, t.study_uid, objects(placement))
+            return recorded
 
     def _queue(
         self, db: sqlite3.Connection, t: Triaged, encode: Encoder, priority: Priority,
@@ -438,7 +547,7 @@ class SqliteWorklistStore:
         self._audit(db, item_id, SYSTEM, "queued", "", QUEUED, detail)
         superseded = () if earlier is None else (earlier.item_id,)
         outcome = NEW if earlier is None else REQUEUED
-        return Recorded(self._get(db, item_id), outcome, blob, superseded)
+        return Recorded(self._get(db, item_id), outcome, blob, superseded, result_id)
 
     def _attach(
         self, db: sqlite3.Connection, t: Triaged, encode: Encoder, priority: Priority,
@@ -469,7 +578,7 @@ class SqliteWorklistStore:
         if reason:
             detail += f"; flagged for review: {reason}"
         self._audit(db, item.item_id, SYSTEM, "re-triaged", item.state, item.state, detail)
-        return Recorded(self._get(db, item.item_id), ATTACHED, blob)
+        return Recorded(self._get(db, item.item_id), ATTACHED, blob, result_id=result_id)
 
     # -- items -----------------------------------------------------------------------------
 
@@ -666,6 +775,162 @@ class SqliteWorklistStore:
         """The newest audit entry's number (0 when there is none): where a new Watch starts."""
         row = self._db().execute("SELECT COALESCE(MAX(seq), 0) FROM audit").fetchone()
         return int(row[0])
+
+    # -- DICOM objects and the outbox -------------------------------------------------------
+
+    def _insert_objects(
+        self, db: sqlite3.Connection, result_id: int, study_uid: str, objects: Sequence[NewObject]
+    ) -> None:
+        now = self._now()
+        for o in objects:
+            cursor = db.execute(
+                "INSERT INTO dicom_objects (result_id, study_uid, kind, sop_class_uid, "
+                "sop_instance_uid, transfer_syntax_uid, data, created) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (result_id, study_uid, o.kind, o.sop_class_uid, o.sop_instance_uid,
+                 o.transfer_syntax_uid, o.data, now),
+            )  # fmt: skip
+            object_id = int(cursor.lastrowid or 0)
+            for destination in dict.fromkeys(o.destinations):
+                db.execute(
+                    "INSERT INTO outbox (object_id, destination, state, next_attempt, created) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (object_id, destination, OUTBOX_QUEUED, now, now),
+                )
+
+    def result_objects(self, result_id: int) -> list[StoredObject]:
+        """The DICOM objects stored with one result, in the order they were written."""
+        rows = self._db().execute(
+            "SELECT * FROM dicom_objects WHERE result_id = ? ORDER BY object_id", (result_id,)
+        )
+        return [
+            StoredObject(
+                object_id=r["object_id"], result_id=r["result_id"], study_uid=r["study_uid"],
+                kind=r["kind"], sop_class_uid=r["sop_class_uid"],
+                sop_instance_uid=r["sop_instance_uid"],
+                transfer_syntax_uid=r["transfer_syntax_uid"], data=bytes(r["data"]),
+                created=r["created"],
+            )
+            for r in rows.fetchall()
+        ]  # fmt: skip
+
+    _OUTBOX_SELECT = (
+        "SELECT o.*, d.kind, d.sop_class_uid, d.sop_instance_uid, d.transfer_syntax_uid, "
+        "d.study_uid{data} FROM outbox o JOIN dicom_objects d ON d.object_id = o.object_id"
+    )
+
+    @staticmethod
+    def _entry(row: sqlite3.Row, with_data: bool) -> OutboxEntry:
+        return OutboxEntry(
+            outbox_id=row["outbox_id"], object_id=row["object_id"],
+            destination=row["destination"], state=row["state"], attempts=row["attempts"],
+            next_attempt=row["next_attempt"], last_error=row["last_error"],
+            created=row["created"], sent=row["sent"], kind=row["kind"],
+            sop_class_uid=row["sop_class_uid"], sop_instance_uid=row["sop_instance_uid"],
+            transfer_syntax_uid=row["transfer_syntax_uid"], study_uid=row["study_uid"],
+            data=bytes(row["data"]) if with_data else b"",
+        )  # fmt: skip
+
+    def claim_outbox(
+        self, destination: str, owner: str, limit: int = 16, lease_s: float = 60.0
+    ) -> list[OutboxEntry]:
+        """Lease up to ``limit`` due QUEUED rows of ``destination`` to ``owner`` (oldest first)."""
+        if not owner:
+            raise WorklistError("an outbox sender needs an owner name")
+        with self._transaction() as db:
+            now = self._now()
+            rows = db.execute(
+                self._OUTBOX_SELECT.format(data=", d.data")
+                + " WHERE o.destination = ? AND o.state = ? AND o.next_attempt <= ? "
+                "AND (o.lease_owner = '' OR o.lease_expires < ?) ORDER BY o.outbox_id LIMIT ?",
+                (destination, OUTBOX_QUEUED, now, now, limit),
+            ).fetchall()
+            for row in rows:
+                db.execute(
+                    "UPDATE outbox SET lease_owner = ?, lease_expires = ? WHERE outbox_id = ?",
+                    (owner, now + lease_s, row["outbox_id"]),
+                )
+            return [self._entry(r, with_data=True) for r in rows]
+
+    def outbox_sent(self, outbox_id: int, owner: str, prune: bool = True) -> bool:
+        """Mark a leased row SENT (False: ``owner`` no longer holds it). With ``prune``, the
+        object's bytes are dropped once every row of the object is SENT."""
+        with self._transaction() as db:
+            row = db.execute(
+                "SELECT object_id FROM outbox WHERE outbox_id = ? AND lease_owner = ? "
+                "AND state = ?",
+                (outbox_id, owner, OUTBOX_QUEUED),
+            ).fetchone()
+            if row is None:
+                return False
+            db.execute(
+                "UPDATE outbox SET state = ?, sent = ?, lease_owner = '', lease_expires = 0, "
+                "attempts = attempts + 1, last_error = '' WHERE outbox_id = ?",
+                (OUTBOX_SENT, self._now(), outbox_id),
+            )
+            if prune:
+                db.execute(
+                    "UPDATE dicom_objects SET data = X'' WHERE object_id = ? AND NOT EXISTS "
+                    "(SELECT 1 FROM outbox WHERE object_id = ? AND state <> ?)",
+                    (row["object_id"], row["object_id"], OUTBOX_SENT),
+                )
+            return True
+
+    def outbox_retry(
+        self, outbox_id: int, owner: str, error: str, next_attempt: float, give_up: bool = False
+    ) -> bool:
+        """Count a failed attempt of a leased row: due again at ``next_attempt``, or FAILED
+        when ``give_up`` (False: ``owner`` no longer holds it)."""
+        with self._transaction() as db:
+            cursor = db.execute(
+                "UPDATE outbox SET state = ?, attempts = attempts + 1, next_attempt = ?, "
+                "last_error = ?, lease_owner = '', lease_expires = 0 "
+                "WHERE outbox_id = ? AND lease_owner = ? AND state = ?",
+                (OUTBOX_FAILED if give_up else OUTBOX_QUEUED, next_attempt, error[:500],
+                 outbox_id, owner, OUTBOX_QUEUED),
+            )  # fmt: skip
+            return cursor.rowcount == 1
+
+    def list_outbox(
+        self, states: Sequence[str] = OUTBOX_STATES, destination: str = "", limit: int = 100
+    ) -> list[OutboxEntry]:
+        """Outbox rows (without the object bytes), oldest first."""
+        unknown = set(states) - set(OUTBOX_STATES)
+        if unknown:
+            raise WorklistError(f"unknown outbox state(s) {sorted(unknown)}")
+        marks = ",".join("?" * len(states))
+        query = (
+            self._OUTBOX_SELECT.format(data="")
+            + f" WHERE o.state IN ({marks})"
+            + (" AND o.destination = ?" if destination else "")
+            + " ORDER BY o.outbox_id LIMIT ?"
+        )
+        params: list[object] = [*states, *([destination] if destination else []), limit]
+        rows = self._db().execute(query, params).fetchall()
+        return [self._entry(r, with_data=False) for r in rows]
+
+    def outbox_stats(self) -> dict[str, OutboxStats]:
+        """Per destination: rows by state and the oldest queued row's creation time."""
+        rows = (
+            self._db()
+            .execute(
+                "SELECT destination, state, COUNT(*) AS n, MIN(created) AS oldest FROM outbox "
+                "GROUP BY destination, state"
+            )
+            .fetchall()
+        )
+        out: dict[str, OutboxStats] = {}
+        for r in rows:
+            stats = out.get(r["destination"], OutboxStats())
+            n = int(r["n"])
+            if r["state"] == OUTBOX_QUEUED:
+                stats = dataclasses.replace(stats, queued=n, oldest_queued=float(r["oldest"]))
+            elif r["state"] == OUTBOX_SENT:
+                stats = dataclasses.replace(stats, sent=n)
+            else:
+                stats = dataclasses.replace(stats, failed=n)
+            out[r["destination"]] = stats
+        return out
 
     def close(self) -> None:
         """Close every connection this store opened."""

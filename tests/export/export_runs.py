@@ -11,6 +11,7 @@ dataset is a small CheXpert-style CSV of PNGs so the export's parity check reads
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -21,8 +22,8 @@ from PIL import Image
 
 from export.parity import synthetic_inputs
 from models.densenet import DenseNet, config_by_name
-from models.error_loop import ERROR_MODEL_FORMAT
-from models.error_model import ErrorModel, ErrorModelConfig
+from models.error_loop import ERROR_MODEL_FORMAT, fit_guards, guard_outputs
+from models.error_model import DirectErrorConfig, DirectErrorModel, ErrorModel, ErrorModelConfig
 from models.ood import MahalanobisOOD, fit_gaussian
 from models.runs import CLASSIFIER_FORMAT, make_split, write_split
 from models.splits import SplitFractions
@@ -110,12 +111,17 @@ def write_classifier_run(
     return model
 
 
-def write_error_run(run: Path, classifier_run: Path, model: DenseNet) -> None:
-    """``error_model.pt``, ``ood.pt``, ``probs_only.pt``, ``error_model.json`` as the error loop."""
+def write_error_run(
+    run: Path, classifier_run: Path, model: DenseNet, *, evaluation: bool = True
+) -> None:
+    """``error_model.pt``, ``ood.pt``, ``probs_only.pt``, ``error_model.json`` as the error loop;
+    with ``evaluation`` also the Grad-CAM, direct and multi-layer guard files the bundle's
+    evaluation graph needs (without: a run written before them)."""
     run.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(1)
     spec = PreprocessSpec(size=SIZE)
-    _, _, pooled = classifier_outputs(model, synthetic_inputs(48, spec, seed=3))
+    inputs = synthetic_inputs(48, spec, seed=3)
+    _, _, pooled = classifier_outputs(model, inputs)
     mean, precision, shrinkage = fit_gaussian(pooled)
     ood = MahalanobisOOD(mean.shape[0])
     ood.set_statistics(mean, precision)
@@ -159,4 +165,25 @@ def write_error_run(run: Path, classifier_run: Path, model: DenseNet) -> None:
         "split_counts": {},
         "report": {"groups": [group], "cam_iou": {}, "external_ood": {}},
     }
+    if evaluation:
+        from models.error_loop import Outputs
+
+        shutil.copyfile(run / "error_model.pt", run / "gradcam.pt")  # the served one
+        direct_config = DirectErrorConfig(num_features=int(pooled.shape[1]), num_labels=len(LABELS))
+        torch.save(DirectErrorModel(direct_config).state_dict(), run / "direct.pt")
+        none = np.zeros((len(inputs), len(LABELS)))
+        groups = guard_outputs(model, inputs)
+        empty = np.zeros((len(inputs), 1, 1, 1), dtype=np.float32)
+        out = Outputs(np.zeros_like(none, dtype=np.float32), empty, pooled, none, groups)
+        _, multi, info = fit_guards(out, out, 99.0)
+        torch.save(multi.state_dict(), run / "ood_multi.pt")
+        meta["served"] = "gradcam"
+        meta["gradcam_config"] = config.to_dict()
+        meta["direct_config"] = direct_config.to_dict()
+        meta["ood"].update(
+            kind="multi-layer mahalanobis",
+            threshold=info["threshold"],
+            single_layer_threshold=info["single_threshold"],
+            multi_layer=info,
+        )
     (run / "error_model.json").write_text(json.dumps(meta, indent=2) + "\n")

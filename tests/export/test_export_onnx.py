@@ -124,3 +124,41 @@ def test_out_folder_that_is_not_a_bundle_is_left_alone(
     assert main([*argv, "--error-model", str(runs.error_model), "--out", str(out)]) == 1
     assert "is not a model bundle" in capsys.readouterr().err
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
+
+
+def test_evaluation_graphs_match_pytorch_and_the_served_graph(bundle: Bundle, runs: Runs) -> None:
+    """evaluation.onnx gives every baseline and both guards as PyTorch does; its Grad-CAM error
+    model equals the served P(error) (the run serves it) and error_head.onnx gives the same
+    from (probabilities, cams)."""
+    section = bundle.manifest["evaluation"]
+    assert all(v <= 1e-4 for v in section["parity"]["max_deviation"].values())
+    images = synthetic_inputs(3, PreprocessSpec(size=SIZE), seed=5)
+    served = OnnxRuntimeModel(bundle.path / MODEL_FILE).run(images)
+    evaluation = OnnxRuntimeModel(bundle.path / section["file"]).run(images)
+    assert set(evaluation) == set(section["outputs"])
+    np.testing.assert_allclose(evaluation["p_error_gradcam"], served["p_error"], atol=1e-5)
+    np.testing.assert_allclose(evaluation["ood_multi"], served["ood_score"], rtol=1e-4)
+    assert evaluation["ood_components"].shape == (3, 5)
+    head = OnnxRuntimeModel(bundle.path / section["error_head"]["file"]).session
+    (p_error,) = head.run(None, {"probabilities": served["probabilities"], "cams": served["cams"]})
+    np.testing.assert_allclose(p_error, served["p_error"], atol=1e-5)
+
+
+def test_a_run_without_the_evaluation_files_exports_the_served_graph_only(
+    runs: Runs, tmp_path: Path
+) -> None:
+    """An error-model run written before the evaluation graph (no gradcam.pt, direct.pt,
+    ood_multi.pt) still exports: the served graph with the single-layer guard, no
+    evaluation section."""
+    from models.runs import load_classifier_run
+    from tests.export.export_runs import write_error_run
+
+    old = tmp_path / "old-error"
+    model = load_classifier_run(runs.classifier).model
+    write_error_run(old, runs.classifier, model, evaluation=False)
+    out = tmp_path / "bundle"
+    argv = ["export", "onnx", "--classifier", str(runs.classifier), "--error-model", str(old)]
+    assert main([*argv, "--out", str(out), "--parity-images", "2"]) == 0
+    manifest = read_manifest(out)
+    assert "evaluation" not in manifest and manifest["ood"]["kind"] == "mahalanobis"
+    assert sorted(manifest["files"]) == [MODEL_FILE]

@@ -27,7 +27,7 @@ from triage_common.bundle_format import (
 def test_manifest_describes_the_bundle(bundle: Bundle) -> None:
     """Every documented key is there and agrees with the ONNX graph and the runs."""
     m = bundle.manifest
-    assert list(m) == list(MANIFEST_KEYS)
+    assert list(m) == [*MANIFEST_KEYS, "evaluation"]  # evaluation: the graphs never served
     assert m["format"] == BUNDLE_FORMAT and m["bundle_id"] == compute_bundle_id(m)
     assert m["provenance"]["created"].endswith("Z")  # the export time, outside the bundle id
     assert m["labels"] == list(LABELS)
@@ -40,7 +40,10 @@ def test_manifest_describes_the_bundle(bundle: Bundle) -> None:
     assert m["error_model"]["output"] == "p_error"
     assert m["error_model"]["per_label_output"] == "p_error_labels"
     assert m["error_model"]["config"]["num_labels"] == len(LABELS)
-    assert m["ood"]["kind"] == "mahalanobis" and m["ood"]["output"] == "ood_score"
+    assert m["ood"]["kind"] == "multi-layer mahalanobis" and m["ood"]["output"] == "ood_score"
+    assert m["ood"]["groups"] == ["block1", "block2", "block3", "pooled", "image"]
+    assert m["ood"]["single_layer_threshold"] > 0
+    assert m["error_model"]["served"] == "gradcam"
     assert m["ood"]["threshold"] > 0
     assert m["defer_cost"] == 0.2  # the default written as is, no arithmetic: exact
     prov = m["provenance"]
@@ -54,7 +57,10 @@ def test_manifest_describes_the_bundle(bundle: Bundle) -> None:
     entry = m["files"][MODEL_FILE]
     assert entry["sha256"] == sha256_file(bundle.path / MODEL_FILE)
     assert entry["bytes"] == (bundle.path / MODEL_FILE).stat().st_size
-    assert sorted(p.name for p in bundle.path.iterdir()) == sorted([MODEL_FILE, MANIFEST])
+    evaluation = [m["evaluation"]["file"], m["evaluation"]["error_head"]["file"]]
+    assert sorted(m["files"]) == sorted([MODEL_FILE, *evaluation])
+    written = sorted(p.name for p in bundle.path.iterdir())
+    assert written == sorted([MODEL_FILE, MANIFEST, *evaluation])
 
 
 def test_tampered_onnx_is_refused_naming_the_file(bundle: Bundle, tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import onnx
@@ -70,9 +71,8 @@ def test_triton_refuses_a_tampered_bundle(
 ) -> None:
     """A bundle whose manifest no longer verifies is not turned into a repository (exit 1)."""
     copy = tmp_path / "bundle"
-    copy.mkdir()
+    shutil.copytree(bundle.path, copy)
     (copy / MODEL_FILE).write_bytes(b"not the exported graph")
-    (copy / "manifest.json").write_text((bundle.path / "manifest.json").read_text())
     repo = tmp_path / "repo"
     assert main(["export", "triton", "--bundle", str(copy), "--out", str(repo)]) == 1
     assert MODEL_FILE in capsys.readouterr().err

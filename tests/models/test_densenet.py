@@ -206,3 +206,36 @@ def test_onnx_export_round_trip(make_model: ModelFactory, tmp_path: Path, cam_la
             assert have.shape == tuple(want.shape), name
             np.testing.assert_allclose(have, want.numpy(), rtol=0, atol=1e-4, err_msg=name)
         assert float(np.abs(got[1]).max()) > 0  # the maps are not trivially zero
+
+
+def test_without_the_last_pool_maps_are_twice_as_fine_and_still_grad_cam() -> None:
+    """``last_pool=False`` keeps torchvision's keys (the pool has no parameters), gives 8x8 maps
+    at 128 px instead of 4x4, and the in-graph CAM still equals autograd Grad-CAM."""
+    from models.gradcam import autograd_gradcam
+    from tests.models.model_factory import settle_batchnorm
+
+    torch.manual_seed(3)
+    pooled = DenseNet(config_by_name("compact", 4))
+    torch.manual_seed(3)
+    fine = DenseNet(config_by_name("compact", 4, last_pool=False))
+    assert set(fine.state_dict()) == set(pooled.state_dict())
+    assert fine.config.cam_shape(128, 128) == (8, 8) and fine.config.downsampling == 16
+    assert pooled.config.cam_shape(128, 128) == (4, 4)
+    fine = settle_batchnorm(fine.double(), 3)
+    x = torch.randn(2, 1, 128, 128, dtype=torch.float64)
+    _, cams, _ = fine(x)
+    assert cams.shape == (2, 4, 8, 8)
+    reference = autograd_gradcam(fine, x)
+    torch.testing.assert_close(cams, reference, rtol=1e-9, atol=1e-12)
+
+
+def test_taps_are_the_dense_block_outputs() -> None:
+    """``features_with_taps`` returns the same norm5 output as ``features`` and one tap per
+    dense block, each with that block's channels."""
+    torch.manual_seed(0)
+    model = DenseNet(config_by_name("compact", 2)).eval()
+    x = torch.randn(2, 1, 64, 64)
+    z, taps = model.features_with_taps(x)
+    torch.testing.assert_close(z, model.features(x), rtol=0, atol=0)
+    assert len(taps) == len(model.config.block_config)
+    assert taps[-1].shape[1] == model.num_features

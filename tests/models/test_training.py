@@ -79,19 +79,58 @@ def test_resume_continues_from_the_checkpoint(tiny_phantoms: Path, tmp_path: Pat
 def test_error_model_run_and_report(
     tiny_phantoms: Path, classifier_run: Path, tmp_path: Path
 ) -> None:
-    """The error-model run writes weights, the OOD guard and a per-site report with baselines."""
+    """The error-model run writes the three predictors, both OOD guards and a per-site report
+    with every baseline; ``auto`` serves the best-validating predictor, and extra data the
+    classifier never saw adds training examples."""
+    assert main(["synth", str(tiny_phantoms.parent / "extra"), "--studies", "20", "--seed", "9",
+                 "--size", "64", "--lateral-fraction", "0"]) == 0  # fmt: skip
     meta = train_error(
         ErrorTrainingOptions(
             data=tiny_phantoms, classifier=classifier_run, out=tmp_path, epochs=5, views=1
         )
     )
-    for name in ("error_model.pt", "ood.pt", "probs_only.pt", "error_model.json", "report.json"):
+    for name in (
+        "error_model.pt",
+        "gradcam.pt",
+        "probs_only.pt",
+        "direct.pt",
+        "ood.pt",
+        "ood_multi.pt",
+        "error_model.json",
+        "report.json",
+    ):
         assert (tmp_path / name).exists(), name
-    assert meta["ood"]["threshold"] > 0
+    assert meta["ood"]["threshold"] > 0 and meta["ood"]["single_layer_threshold"] > 0
+    assert meta["ood"]["multi_layer"]["groups"] == ["block1", "block2", "block3", "pooled", "image"]
+    validation = {
+        "gradcam": meta["training"]["val_auroc"],
+        "probs_only": meta["training"]["baseline"]["val_auroc"],
+        "direct": meta["training"]["direct"]["val_auroc"],
+    }
+    assert validation[meta["served"]] == max(validation.values())
     groups = {g["group"]: g for g in meta["report"]["groups"]}
     assert "test" in groups
     methods = set(groups["test"]["error_detection"])
-    assert methods == {"grad_cam_error_model", "probabilities_only", "softmax_response", "entropy"}
+    assert methods == {
+        "grad_cam_error_model",
+        "probabilities_only",
+        "image_only_direct",
+        "softmax_response",
+        "entropy",
+    }
+    more = train_error(
+        ErrorTrainingOptions(
+            data=tiny_phantoms,
+            classifier=classifier_run,
+            out=tmp_path / "more",
+            epochs=2,
+            views=1,
+            extra_data=(tiny_phantoms.parent / "extra",),
+            serve="probs_only",
+        )
+    )
+    assert more["served"] == "probs_only"
+    assert more["training"]["examples"] == meta["training"]["examples"] + 20
     if "heldout" in groups:
         assert any(name.startswith("heldout/") for name in groups)
 
@@ -104,3 +143,23 @@ def test_baseline_scores_rank_uncertain_studies_higher() -> None:
         softmax_response_score(probs, thresholds)[1] > softmax_response_score(probs, thresholds)[0]
     )
     assert entropy_score(probs)[1] > entropy_score(probs)[0]
+
+
+def test_error_levers_bench_compares_variants_on_a_fresh_set(
+    tiny_phantoms: Path, classifier_run: Path, tmp_path: Path
+) -> None:
+    """`triage bench error-levers` fits every variant on the same examples and reports each
+    one's AUROC on a fresh set, with paired intervals against P and against permuted maps."""
+    fresh = tmp_path / "fresh"
+    assert main(["synth", str(fresh), "--studies", "40", "--seed", "21", "--size", "64"]) == 0
+    out = tmp_path / "levers.json"
+    argv = ["bench", "error-levers", "--data", str(tiny_phantoms), "--classifier"]
+    argv += [str(classifier_run), "--evaluation", str(fresh), "--out", str(out), "--views", "1"]
+    argv += ["--seeds", "1", "--permutations", "1", "--resamples", "20"]
+    assert main([*argv, "--variants", "P", "G", "R", "DUP"]) == 0
+    result = json.loads(out.read_text())
+    assert list(result["variants"]) == ["P", "G", "R", "DUP"]
+    assert "minus_P" in result["variants"]["G"] and "minus_permuted" in result["variants"]["R"]
+    assert "minus_permuted" not in result["variants"]["DUP"]  # no maps to permute
+    assert result["evaluation_studies"] == 40
+    assert main([*argv, "--variants", "X"]) == 2

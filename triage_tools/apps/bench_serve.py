@@ -85,6 +85,9 @@ class Cell:
     model_only_per_s: float  # the faster arrangement in the median round
     server_cpu_ms_per_study: float | None
     client_cpu_ms_per_study: float
+    #: the server's CPU per study by step (its metrics), decode workers included; "other" is
+    #: what the steps do not cover (gRPC's transport threads, the response, logging)
+    cpu_split_ms: dict[str, float] | None = None
 
 
 def _percentile(values: Sequence[float], q: float) -> float:
@@ -229,13 +232,56 @@ def run_cell(
 
 
 def process_cpu_seconds(pid: int) -> float | None:
-    """User + system CPU seconds of process ``pid`` so far (Linux ``/proc``), or None."""
+    """User + system CPU seconds of process ``pid`` and every process below it so far (the
+    decode workers hang below the server's forkserver; Linux ``/proc``), or None."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        fields = stat[stat.rindex(")") + 2 :].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        stats = {}
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    stat = Path(f"/proc/{entry}/stat").read_text()
+                except OSError:
+                    continue
+                fields = stat[stat.rindex(")") + 2 :].split()
+                stats[int(entry)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
+        if pid not in stats:
+            return None
+        total, todo = 0, [pid]
+        while todo:
+            current = todo.pop()
+            total += stats[current][1]
+            todo += [p for p, (parent, _) in stats.items() if parent == current]
+        return total / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError):
         return None
+
+
+#: The server's CPU steps, in the order a study meets them (``triage_cpu_seconds_total``).
+CPU_STEPS = ("receive", "assemble", "hand-over", "header", "decode", "preprocess", "model",
+             "conclude", "result")  # fmt: skip
+
+
+def scrape_cpu(port: int) -> dict[str, float]:
+    """``triage_cpu_seconds_total`` by step from a server's metrics endpoint."""
+    import re
+    import urllib.request
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    found = re.findall(r'^triage_cpu_seconds_total\{stage="([^"]+)"\} (\S+)$', text, re.M)
+    return {stage: float(value) for stage, value in found}
+
+
+def floor_ms(data: bytes, repeats: int = 5) -> float:
+    """CPU ms of the bare floor: pydicom reading the file and decoding its pixels in full
+    (numpy, or openjpeg for JPEG 2000), the median of ``repeats``."""
+    import pydicom
+
+    times = []
+    for _ in range(repeats):
+        start = time.process_time()
+        pydicom.dcmread(io.BytesIO(data)).pixel_array  # noqa: B018
+        times.append((time.process_time() - start) * 1000.0)
+    return statistics.median(times)
 
 
 def _default_file(name: str) -> Path:
@@ -258,7 +304,7 @@ def server_args(args: argparse.Namespace) -> list[str]:
     if args.config is not None:
         out += ["--config", str(args.config)]
     keys = {flag.split("=", 1)[0].strip() for flag in args.set}
-    defaults = {"worklist.path": "", "logging.level": "WARNING"}
+    defaults = {"worklist.path": "", "logging.level": "WARNING", "metrics.port": str(_free_port())}
     for flag in [*args.set, *(f"{k}={v}" for k, v in defaults.items() if k not in keys)]:
         out += ["--set", flag]
     return out
@@ -272,6 +318,7 @@ class _Round:
     server_cpu: float | None
     client_cpu: float
     model_only: dict[str, float]
+    cpu_steps: dict[str, float] | None = None  # seconds per step in the round
 
     @property
     def rate(self) -> float:
@@ -282,6 +329,30 @@ class _Round:
         return self.rate / max(self.model_only.values())
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _split(rounds: list[_Round], done: int, total_cpu: float | None) -> dict[str, float] | None:
+    """CPU ms per study by step, summed over the rounds, with the remainder as ``other``."""
+    if done == 0 or any(r.cpu_steps is None for r in rounds):
+        return None
+    steps = {s: 0.0 for s in CPU_STEPS}
+    for r in rounds:
+        assert r.cpu_steps is not None
+        for s, v in r.cpu_steps.items():
+            steps[s] = steps.get(s, 0.0) + v
+    split = {s: 1000.0 * v / done for s, v in steps.items()}
+    if total_cpu is not None:
+        split["other"] = max(0.0, total_cpu - sum(split.values()))
+        split["outside the model"] = total_cpu - split["model"]
+    return split
+
+
 def _cell(kind: str, concurrency: int, rounds: list[_Round]) -> Cell:
     """One table row from a cell's rounds (the median round by ratio)."""
     ordered = sorted(rounds, key=lambda r: r.ratio)
@@ -290,6 +361,11 @@ def _cell(kind: str, concurrency: int, rounds: list[_Round]) -> Cell:
     done = len(latencies)
     seconds = sum(r.seconds for r in rounds)
     cpu = [r.server_cpu for r in rounds]
+    total = (
+        None
+        if any(c is None for c in cpu)
+        else 1000.0 * sum(c for c in cpu if c is not None) / max(done, 1)
+    )
     return Cell(
         kind=kind,
         concurrency=concurrency,
@@ -303,10 +379,9 @@ def _cell(kind: str, concurrency: int, rounds: list[_Round]) -> Cell:
         ratio_low=ordered[0].ratio,
         ratio_high=ordered[-1].ratio,
         model_only_per_s=max(median.model_only.values()),
-        server_cpu_ms_per_study=None
-        if any(c is None for c in cpu)
-        else 1000.0 * sum(c for c in cpu if c is not None) / max(done, 1),
+        server_cpu_ms_per_study=total,
         client_cpu_ms_per_study=1000.0 * sum(r.client_cpu for r in rounds) / max(done, 1),
+        cpu_split_ms=_split(rounds, done, total),
     )
 
 
@@ -352,7 +427,12 @@ def run(args: argparse.Namespace) -> int:
         kind: [encode_study(d) for d in _uid_variants(path.read_bytes(), max(args.studies, 2))]
         for kind, path in kinds.items()
     }
-    server = ServeProcess(server_args(args), start_timeout=120.0)
+    floors = {kind: floor_ms(path.read_bytes()) for kind, path in kinds.items()}
+    serve_args = server_args(args)
+    metrics_port = next(
+        int(item.split("=", 1)[1]) for item in serve_args if item.startswith("metrics.port=")
+    )
+    server = ServeProcess(serve_args, start_timeout=120.0)
     cells: list[Cell] = []
     try:
         server.wait_ready(600.0)
@@ -366,12 +446,15 @@ def run(args: argparse.Namespace) -> int:
                 rounds = []
                 for _ in range(args.rounds):
                     alone = {name: m.rate(args.model_seconds) for name, m in models.items()}
+                    steps0 = scrape_cpu(metrics_port)
                     cpu0, own0 = process_cpu_seconds(server.proc.pid), time.process_time()
                     latencies, errors, seconds = run_cell(load.send, studies, c, args.studies)
                     cpu1, own1 = process_cpu_seconds(server.proc.pid), time.process_time()
+                    steps1 = scrape_cpu(metrics_port)
                     server_cpu = None if cpu0 is None or cpu1 is None else cpu1 - cpu0
+                    steps = {s: steps1.get(s, 0.0) - steps0.get(s, 0.0) for s in steps1}
                     rounds.append(
-                        _Round(latencies, errors, seconds, server_cpu, own1 - own0, alone)
+                        _Round(latencies, errors, seconds, server_cpu, own1 - own0, alone, steps)
                     )
                 cells.append(_cell(kind, c, rounds))
         channel.close()
@@ -398,6 +481,18 @@ def run(args: argparse.Namespace) -> int:
          "ratio range"],
         rows,
     )  # fmt: skip
+    split_rows: list[list[object]] = [
+        [c.kind, c.concurrency, *(c.cpu_split_ms.get(s, 0.0) for s in (*CPU_STEPS, "other")),
+         c.cpu_split_ms["outside the model"], floors[c.kind]]
+        for c in cells
+        if c.cpu_split_ms is not None and "outside the model" in c.cpu_split_ms
+    ]  # fmt: skip
+    print_table(
+        "server CPU ms per study by step (decode workers included; other: gRPC transport, "
+        "response, logging), beside the floor: pydicom read + full decode of the file alone",
+        ["study", "concurrency", *CPU_STEPS, "other", "outside the model", "floor"],
+        split_rows,
+    )
     if args.json:
         write_json(
             args.json,
@@ -411,6 +506,7 @@ def run(args: argparse.Namespace) -> int:
                     for name, p in plans.items()
                 },
                 "server_exit_status": status,
+                "floor_ms": floors,
                 "cells": [asdict(c) for c in cells],
                 "median_ratio": statistics.median(c.ratio_to_model for c in cells)
                 if cells

@@ -335,10 +335,13 @@ def run(args: argparse.Namespace) -> int:
     recal, cal_metrics = recalibrate(fit_part, cert, seed=args.seed)
     p_error = recal(cert.p_error_raw)
     wrong = cert.wrong
+    print(
+        f"P(error) recalibration fitted on {len(fit_part)} studies "
+        f"({len(set(fit_part.patient_ids))} patients); the cost is chosen on the other "
+        f"{len(cert)} ({len(set(cert.patient_ids))} patients)"
+    )
     print_table(
-        f"P(error) recalibration ({recal.method}) fitted on {len(fit_part)} studies "
-        f"({len(set(fit_part.patient_ids))} patients), measured on the other {len(cert)} "
-        f"({len(set(cert.patient_ids))} patients)",
+        f"P(error) recalibration ({recal.method})",
         ["", "ECE (15 bins)", "Brier", "n"],
         [
             ("raw", cal_metrics["ece_before"], cal_metrics["brier_before"], len(cert)),

@@ -165,7 +165,14 @@ def _pairs(groups: dict[str, Any]) -> list[tuple[str, str]]:
 
 def _diff(g: dict[str, Any], a: str, b: str, metric: str, digits: int = 3) -> str:
     d = g["error_detection"]
-    return _ci(g, f"{a}-{b}.{metric}", d[a][metric] - d[b][metric], digits)
+    va, vb = d[a][metric], d[b][metric]
+    value = va - vb if va is not None and vb is not None else math.nan  # None: NaN via JSON
+    return _ci(g, f"{a}-{b}.{metric}", value, digits)
+
+
+def _outside(share: float | None) -> float:
+    """The share outside a region from the share inside (None: NaN through JSON)."""
+    return math.nan if share is None else 1.0 - share
 
 
 def summary_markdown(report: dict[str, Any]) -> str:
@@ -332,7 +339,7 @@ def summary_markdown(report: dict[str, Any]) -> str:
                         name,
                         label,
                         f"{_f(right['text'])} / {_f(wrong['text'])}",
-                        f"{_f(1 - right['lungs'])} / {_f(1 - wrong['lungs'])}",
+                        f"{_f(_outside(right['lungs']))} / {_f(_outside(wrong['lungs']))}",
                         f"{right['n']} / {wrong['n']}",
                     ]
                 )

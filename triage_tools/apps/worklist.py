@@ -1,5 +1,5 @@
-"""``triage worklist list|claim|release|complete|amend|history|watch|export``: the Worklist service
-from a terminal.
+"""``triage worklist list|claim|release|complete|amend|history|watch|export|outbox``: the Worklist
+service from a terminal.
 
 ``complete`` and ``amend`` take a value for every label of the item's result: ``--label
 NAME=0|1`` or ``--not-assessed NAME`` (the server refuses a missing or unknown label, naming it).
@@ -10,6 +10,10 @@ NAME=0|1`` or ``--not-assessed NAME`` (the server refuses a missing or unknown l
 --worklist-export`` reads: the served model's outputs (probabilities, raw P(error), OOD score)
 with the radiologist's final labels (``null``: not assessed), one study per line, the study UID
 hashed. Radiologists' reads thereby feed the next calibration.
+
+``outbox --db worklist.db`` lists the DICOM outbox (each result object and destination: state,
+attempts, when it is due, the last error) and a summary per destination, read from the worklist
+database (read-only; the same file the server's ``worklist.path`` names).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from typing import Any
 from triage_tools.client_args import add_connection_arguments
 
 STATE_NAMES = ("QUEUED", "CLAIMED", "COMPLETED", "SUPERSEDED")
+OUTBOX_STATES = ("QUEUED", "SENT", "FAILED")
 PROG = "triage worklist"
 
 
@@ -85,6 +90,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--format", choices=("csv", "json"), default="json", help="file format (json)"
     )
     export.add_argument("--worklist", default="", help="one worklist (default: all)")
+    outbox = sub.add_parser("outbox", help="the DICOM result objects queued, sent or failed")
+    outbox.add_argument("--db", type=Path, required=True, help="the worklist database file")
+    outbox.add_argument(
+        "--state", action="append", choices=OUTBOX_STATES, help="QUEUED, SENT or FAILED; repeatable"
+    )
+    outbox.add_argument("--destination", default="", help="one destination (default: all)")
+    outbox.add_argument("--limit", type=int, default=100, help="most rows shown (100)")
+    outbox.add_argument("--json", action="store_true", help="print JSON, not tables")
     export.add_argument(
         "--labelled",
         action="store_true",
@@ -271,9 +284,62 @@ def _export(stub: Any, args: argparse.Namespace, metadata: Any) -> int:
     return 0
 
 
+def _outbox(args: argparse.Namespace) -> int:
+    """``outbox``: rows and per-destination totals from the database file."""
+    import sqlite3
+
+    from service.worklist.store import SqliteWorklistStore
+    from triage_common.console import print_table
+
+    if not args.db.is_file():
+        print(f"{PROG} outbox: --db {args.db}: no such file", file=sys.stderr)
+        return 2
+    try:
+        store = SqliteWorklistStore(args.db)
+        rows = store.list_outbox(
+            tuple(args.state or OUTBOX_STATES), args.destination, max(1, args.limit)
+        )
+        stats = store.outbox_stats()
+        store.close()
+    except (sqlite3.Error, ValueError) as exc:
+        print(f"{PROG} outbox: --db {args.db}: {exc}", file=sys.stderr)
+        return 2
+    records = [
+        {
+            "outbox_id": r.outbox_id, "destination": r.destination, "kind": r.kind,
+            "state": r.state, "attempts": r.attempts, "created": _when(r.created),
+            "next_attempt": _when(r.next_attempt) if r.state == "QUEUED" else "",
+            "sent": _when(r.sent) if r.sent else "", "sop_instance_uid": r.sop_instance_uid,
+            "last_error": r.last_error,
+        }
+        for r in rows
+    ]  # fmt: skip
+    summary = {
+        name: {"queued": s.queued, "sent": s.sent, "failed": s.failed,
+               "oldest_queued": _when(s.oldest_queued) if s.oldest_queued else ""}
+        for name, s in sorted(stats.items())
+    }  # fmt: skip
+    if args.json:
+        print(json.dumps({"destinations": summary, "rows": records}, indent=2))
+        return 0
+    print_table(
+        "outbox by destination",
+        ["destination", "queued", "sent", "failed", "oldest_queued"],
+        [[name, *s.values()] for name, s in summary.items()],
+    )
+    columns = ["outbox_id", "destination", "kind", "state", "attempts", "next_attempt", "sent",
+               "last_error"]  # fmt: skip
+    print_table(
+        f"outbox: {len(records)} row(s)", columns, [[r[c] for c in columns] for r in records]
+    )
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     """Run one worklist action; exit 1 on a gRPC error (its status and message printed), 2 on
     a malformed option."""
+    if args.action == "outbox":
+        return _outbox(args)
     import grpc
 
     from service._proto.triage.v1 import worklist_pb2, worklist_pb2_grpc

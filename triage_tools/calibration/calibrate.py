@@ -62,6 +62,7 @@ class CalibrationSet:
     views: tuple[str, ...] = ()
     sexes: tuple[str, ...] = ()
     ages: F64 | None = None
+    portable: F64 | None = None  # a phantom's burned-in PORTABLE label (1/0), NaN: unknown
     #: Scores of the bundle's evaluation graph on the same images, by name (each (N,) or
     #: (N, G)): the baselines and both OOD guards (``triage_tools.calibration.served``).
     extra: dict[str, npt.NDArray[np.float64]] = field(default_factory=dict)
@@ -79,6 +80,7 @@ class CalibrationSet:
             and len(self.views) in (0, n)
             and len(self.sexes) in (0, n)
             and (self.ages is None or self.ages.shape == (n,))
+            and (self.portable is None or self.portable.shape == (n,))
             and all(len(v) == n for v in self.extra.values())
         )
         if not shapes_ok:
@@ -109,6 +111,7 @@ class CalibrationSet:
             views=pick(self.views),
             sexes=pick(self.sexes),
             ages=None if self.ages is None else self.ages[idx],
+            portable=None if self.portable is None else self.portable[idx],
             extra={k: v[idx] for k, v in self.extra.items()},
         )
 

@@ -337,12 +337,17 @@ def curves(cal: CalibrationSet) -> dict[str, tuple[F64, F64]]:
 def subgroups(
     cal: CalibrationSet, heldout_sites: Sequence[str] = ()
 ) -> dict[str, npt.NDArray[np.bool_]]:
-    """:func:`site_groups`, then one group per view (AP/PA), sex and age band the set has."""
+    """:func:`site_groups`, then one group per view (AP/PA), sex and age band the set has, and
+    portable and non-portable films (phantoms: the burned-in PORTABLE label)."""
     out = site_groups(cal, heldout_sites)
     for kind, values in (("view", cal.views), ("sex", cal.sexes)):
         arr = np.asarray(values, dtype=object)
         for value in sorted(set(values)):
             out[f"{kind}: {value}"] = arr == value
+    if cal.portable is not None and np.isfinite(cal.portable).all():
+        for flag, film in ((1.0, "portable"), (0.0, "not portable")):
+            if (cal.portable == flag).any():
+                out[f"film: {film}"] = cal.portable == flag
     if cal.ages is not None:
         for lo, hi, name in AGE_BANDS:
             band = (cal.ages >= lo) & (cal.ages < hi)
@@ -434,10 +439,11 @@ def summarise_shares(cal: CalibrationSet, shares: F64) -> dict[str, dict[str, An
             ("wrong", present[:, j] & (cal.truth[:, j] == 0)),
         ):
             values = shares[keep, j, :]
+            finite = np.isfinite(values[:, 0])  # a map without mass has no shares
             row[outcome] = {
-                "n": int(keep.sum()),
+                "n": int(finite.sum()),
                 **{
-                    region: float(np.nanmean(values[:, r])) if keep.any() else math.nan
+                    region: float(values[finite, r].mean()) if finite.any() else math.nan
                     for r, region in enumerate(REGIONS)
                 },
             }

@@ -217,6 +217,7 @@ def run_served(
         views=tuple(data.views[i] for i in kept),
         sexes=tuple(data.sexes[i] for i in kept) if data.sexes else (),
         ages=None if data.ages is None else data.ages[idx],
+        portable=None if data.portable is None else data.portable[idx],
         extra={k: v for k, v in extra.items() if k != "probabilities"},
     )
     if "probabilities" in extra:

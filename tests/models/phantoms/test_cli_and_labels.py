@@ -9,10 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from models.phantoms import render
 from models.phantoms.outputs import LABEL_COLUMNS
+from models.phantoms.render import render_frontal
 from models.phantoms.scenario import Scenario
 from models.phantoms.study import plan_dataset
 from tests.models.phantoms.phantom_data import SMALL_STUDIES, SmallDataset, read_rows
+from triage_common.anatomy import ANATOMY_KEYS
 from triage_common.labels import DEFAULT_LABELS, severity_column, truth_column
 from triage_tools.cli import main
 
@@ -83,6 +86,56 @@ def test_masks_match_the_truth(small_dataset: SmallDataset) -> None:
                 mask = masks[label]
                 assert mask.dtype == np.bool_ and mask.shape == (128, 128)
                 assert mask.any() == (row[truth_column(label)] == "1")
+
+
+def test_anatomy_masks_say_where_lungs_and_burned_in_text_were_drawn(
+    small_dataset: SmallDataset,
+) -> None:
+    """Each frontal image has masks/anatomy/<sop>.npz with every ANATOMY_KEYS mask at image
+    size: lungs inside the body, the PORTABLE text exactly on portable films, the marker always,
+    and the text masks covering pixels the label changed."""
+    for row in small_dataset.rows:
+        path = small_dataset.root / "masks" / "anatomy" / f"{row['sop_uid']}.npz"
+        if row["view"] == "LL":
+            assert not path.exists()
+            continue
+        with np.load(path) as masks:
+            assert list(masks.files) == list(ANATOMY_KEYS)
+            m = {k: masks[k] for k in masks.files}
+        assert all(v.dtype == np.bool_ and v.shape == (128, 128) for v in m.values())
+        assert np.array_equal(m["lungs"], m["lung_right"] | m["lung_left"])
+        assert np.array_equal(m["text"], m["text_portable"] | m["text_marker"])
+        assert 0.15 < m["lungs"].mean() < 0.6 and (m["lungs"] & ~m["body"]).mean() < 0.01
+        assert m["text_portable"].any() == (row["portable"] == "1") and m["text_marker"].any()
+        # the patient's right lung is drawn on the image's left
+        cols = np.arange(128)
+        assert cols[m["lung_right"].any(axis=0)].mean() < cols[m["lung_left"].any(axis=0)].mean()
+
+
+def test_the_burned_in_text_mask_covers_what_the_label_changed(
+    confounded: Scenario, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rendering a portable study with and without its labels differs only inside the text
+    masks (the masks change no pixel: the image is the one written)."""
+    spec = next(s for s in plan_dataset(confounded, 7, 60, size=128) if s.portable)
+    with_text = render_frontal(spec, 128)
+    assert with_text.anatomy is not None
+    monkeypatch.setattr(
+        render, "place_text", lambda image, *args, **kwargs: np.zeros(image.shape, dtype=bool)
+    )
+    without = render_frontal(spec, 128)
+    changed = with_text.image != without.image
+    assert changed.any() and not (changed & ~with_text.anatomy["text"]).any()
+
+
+def test_labels_carry_sex_and_age_in_years(small_dataset: SmallDataset) -> None:
+    """labels.csv has the patient's sex (F/M) and age at the study, as the DICOM header."""
+    import pydicom
+
+    for row in small_dataset.rows[:6]:
+        ds = pydicom.dcmread(small_dataset.root / row["path"], stop_before_pixels=True)
+        assert row["sex"] == ds.PatientSex in ("F", "M")
+        assert int(row["age"]) == int(str(ds.PatientAge)[:3])
 
 
 def test_patients_have_several_studies_and_synthetic_identifiers(confounded: Scenario) -> None:

@@ -41,7 +41,8 @@ def test_same_seed_same_bytes_any_workers(tmp_path: Path, confounded: Scenario) 
     assert first.keys() == second.keys()
     assert {"labels.csv", "dataset.json"} <= first.keys()
     assert sum(k.endswith(".dcm") for k in first) >= 8
-    assert sum(k.endswith(".npz") for k in first) == 8
+    assert sum(k.endswith(".npz") and "anatomy" not in k for k in first) == 8
+    assert sum(k.startswith("masks/anatomy/") for k in first) == 8
     for name, content in first.items():
         assert second[name] == content, name
 

@@ -83,6 +83,65 @@ def test_metrics_match_hand_computed_values(
     assert m["ood_flag_rate"] == pytest.approx(1 / 6, rel=1e-6)
 
 
+def test_subgroups_add_view_sex_and_age_bands(hand_set: CalibrationSet) -> None:
+    """Subgroup tables: each view, each sex and each age band the set has, after the sites."""
+    cal = CalibrationSet(
+        **{
+            **hand_set.__dict__,
+            "views": ("AP", "PA", "PA", "AP", "PA", "PA"),
+            "sexes": ("F", "M", "F", "F", "M", "M"),
+            "ages": np.array([25.0, 39.9, 40.0, 64.0, 65.0, 90.0]),
+        }
+    )
+    groups = ev.subgroups(cal)
+    assert list(groups)[:3] == ["all", "site: s1", "site: s2"]
+    assert groups["view: AP"].tolist() == [True, False, False, True, False, False]
+    assert groups["sex: M"].sum() == 3
+    assert groups["age: <40"].tolist() == [True, True, False, False, False, False]
+    assert groups["age: 40-64"].sum() == 2 and groups["age: 65+"].sum() == 2
+
+
+def test_realised_risk_and_augrc_of_the_hand_set(
+    hand_set: CalibrationSet, hand_policy: ev.PolicyView
+) -> None:
+    """The policy's realised risk is the error rate of the auto-reported studies (0 of 3), and
+    AUGRC is the mean of errors-kept / n over coverages."""
+    m = ev.group_metrics(hand_set, hand_policy)
+    assert m["policy"]["risk_auto"] == pytest.approx(0.0, abs=1e-12)
+    assert m["policy"]["auto_errors"] == 0
+    # kept in score order 0.1 0.2 0.3 0.4(err) 0.5 0.7(err): generalized risks 0 0 0 1 1 2 /6
+    assert m["error_detection"]["error_model"]["augrc"] == pytest.approx(4 / 36, rel=1e-9)
+    # random: expected generalized risk (k/n) * rate, mean (n+1)/(2n) * rate
+    assert m["error_detection"]["random"]["augrc"] == pytest.approx(7 / 12 * 2 / 6, rel=1e-9)
+
+
+def test_cam_concentration_scores_spread_maps_higher() -> None:
+    """A map with all its mass in one cell scores lower (looks right) than a flat one, on both
+    concentration scores; an empty map counts as fully spread."""
+    cams = np.zeros((3, 1, 4, 4), dtype=np.float32)
+    cams[0, 0, 1, 1] = 5.0
+    cams[1, 0] = 1.0
+    scores = ev.cam_concentration(cams)
+    assert scores["cam_entropy"][0] == pytest.approx(0.0, abs=1e-12)
+    assert scores["cam_entropy"][1] == pytest.approx(1.0, rel=1e-9)
+    assert scores["cam_entropy"][2] == pytest.approx(1.0, rel=1e-9)
+    assert scores["cam_top5"][0] == pytest.approx(-1.0, rel=1e-9)
+    assert scores["cam_top5"][1] == pytest.approx(-1 / 16, rel=1e-9)
+
+
+def test_similar_probability_permutation_stays_within_prediction_patterns() -> None:
+    """The ablation moves maps only among studies with the same predicted findings, within
+    blocks of similar summed logits, and really moves them."""
+    rng = np.random.default_rng(0)
+    probs = rng.uniform(0, 1, (200, 3))
+    thresholds = np.array([0.5, 0.4, 0.6])
+    perm = ev.similar_probability_permutation(probs, thresholds, np.random.default_rng(1))
+    assert sorted(perm.tolist()) == list(range(200))
+    pattern = (probs >= thresholds).astype(int) @ np.array([1, 2, 4])
+    assert np.array_equal(pattern[perm], pattern)
+    assert (perm != np.arange(200)).mean() > 0.5
+
+
 def test_groups_set_the_heldout_site_apart(hand_set: CalibrationSet) -> None:
     """Groups are all studies and one per site, the held-out site marked as such."""
     groups = ev.site_groups(hand_set, heldout_sites=("s2",))
@@ -132,20 +191,37 @@ def test_cam_iou_uses_the_mask_frame(tmp_path: Path) -> None:
 def test_evaluate_cli_writes_report_figures_and_summary(
     tiny_phantoms: Path, phantom_bundle: Path, tmp_path: Path
 ) -> None:
-    """The command writes report.json, summary.md and PNGs, per site, with CAM IoU."""
+    """The command scores every baseline on the evaluation set itself (the bundle's evaluation
+    graph), builds in the permutation ablation, and writes report.json, summary.md and PNGs per
+    site, view, sex and age band, with AUGRC, the policy's realised risk, CAM IoU and where the
+    maps sit on the anatomy masks."""
     out = tmp_path / "report"
     argv = ["evaluate", "--bundle", str(phantom_bundle), "--data", str(tiny_phantoms)]
-    argv += ["--out", str(out), "--resamples", "5"]
+    argv += ["--out", str(out), "--resamples", "5", "--permutations", "2"]
     assert main(argv) == 0
     report = json.loads((out / "report.json").read_text())
     groups = report["groups"]
     assert groups["all"]["studies"] == 40
     assert any(name.endswith("(held out)") for name in groups)
-    assert set(groups["all"]["error_detection"]) == set(ev.METHODS)
-    assert "error_model.auroc" in groups["all"]["intervals"]
+    assert {"view: PA", "sex: F", "sex: M", "film: portable", "film: not portable"} <= set(groups)
+    assert any(name.startswith("age: ") for name in groups)
+    assert set(groups["all"]["error_detection"]) == {*ev.METHOD_ORDER, "random", "oracle"}
+    assert report["permutation"]["draws"] == 2 and not report["baselines_missing"]
+    for key in ("error_model.auroc", "gradcam-probs_only.auroc", "gradcam-gradcam_permuted.auroc"):
+        assert key in groups["all"]["intervals"], key
+    assert "augrc" in groups["all"]["error_detection"]["probs_only"]
+    policy = groups["all"]["policy"]
+    assert policy["auto_reported"] + round(policy["deferral_rate"] * 40) == 40
+    assert "policy.risk_auto" in groups["all"]["intervals"]
     assert groups["all"]["cam_iou"]  # phantom masks were found
-    assert report["probabilities_only"]["status"].startswith("not in the bundle")
+    assert set(groups["all"]["map_mass"]) == set(report["labels"])
+    # the served error model is the run's Grad-CAM model: the evaluation graph agrees with it
+    detection = groups["all"]["error_detection"]
+    assert detection["gradcam"]["auroc"] == pytest.approx(
+        detection["error_model"]["auroc"], abs=0.02
+    )
     summary = (out / "summary.md").read_text()
-    assert "## Failure detection" in summary and "Probabilities-only" in summary
+    assert "## Failure detection" in summary and "probabilities-only network" in summary
+    assert "AUGRC" in summary and "realised risk" in summary and "maps permuted" in summary
     pngs = sorted(p.name for p in out.glob("*.png"))
     assert "risk_coverage_all.png" in pngs and "per_site_auroc.png" in pngs

@@ -24,33 +24,35 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16triage/v1/triage.proto\x12\ttriage.v1\"}\n\rTriageRequest\x12\x11\n\tinstances\x18\x01 \x03(\x0c\x12\x17\n\ndefer_cost\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\x17\n\x0finclude_overlay\x18\x03 \x01(\x08\x12\x18\n\x10\x63\x61lling_ae_title\x18\x04 \x01(\tB\r\n\x0b_defer_cost\"\x87\x01\n\nStudyChunk\x12\x10\n\x08instance\x18\x01 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x17\n\ndefer_cost\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12\x17\n\x0finclude_overlay\x18\x04 \x01(\x08\x12\x18\n\x10\x63\x61lling_ae_title\x18\x05 \x01(\tB\r\n\x0b_defer_cost\"8\n\x07Heatmap\x12\x0e\n\x06height\x18\x01 \x01(\r\x12\r\n\x05width\x18\x02 \x01(\r\x12\x0e\n\x06values\x18\x03 \x03(\x02\"\x9c\x01\n\x07\x46inding\x12\r\n\x05label\x18\x01 \x01(\t\x12\x13\n\x0bprobability\x18\x02 \x01(\x01\x12\x0f\n\x07present\x18\x03 \x01(\x08\x12#\n\x07heatmap\x18\x04 \x01(\x0b\x32\x12.triage.v1.Heatmap\x12\x11\n\tthreshold\x18\x05 \x01(\x01\x12\x0f\n\x07p_error\x18\x06 \x01(\x01\x12\x13\n\x0boverlay_png\x18\x07 \x01(\x0c\";\n\x0fIgnoredInstance\x12\x18\n\x10sop_instance_uid\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"r\n\x0cStageTimings\x12\x11\n\tdecode_ms\x18\x01 \x01(\x01\x12\x15\n\rpreprocess_ms\x18\x02 \x01(\x01\x12\x10\n\x08queue_ms\x18\x03 \x01(\x01\x12\x14\n\x0cinference_ms\x18\x04 \x01(\x01\x12\x10\n\x08total_ms\x18\x05 \x01(\x01\"\xd2\x04\n\x0cTriageResult\x12\x1a\n\x12study_instance_uid\x18\x01 \x01(\t\x12%\n\x08\x64\x65\x63ision\x18\x02 \x01(\x0e\x32\x13.triage.v1.Decision\x12\x0f\n\x07p_error\x18\x03 \x01(\x01\x12\x12\n\ndefer_cost\x18\x04 \x01(\x01\x12$\n\x08\x66indings\x18\x05 \x03(\x0b\x32\x12.triage.v1.Finding\x12\x10\n\x08worklist\x18\x06 \x01(\t\x12\x15\n\rmodel_version\x18\x07 \x01(\t\x12-\n\rdefer_reasons\x18\x08 \x03(\x0e\x32\x16.triage.v1.DeferReason\x12%\n\x08priority\x18\t \x01(\x0e\x32\x13.triage.v1.Priority\x12\x11\n\tood_score\x18\n \x01(\x01\x12\x15\n\rood_threshold\x18\x0b \x01(\x01\x12\x18\n\x10sop_instance_uid\x18\x0c \x01(\t\x12\x35\n\x11ignored_instances\x18\r \x03(\x0b\x32\x1a.triage.v1.IgnoredInstance\x12(\n\x07timings\x18\x0e \x01(\x0b\x32\x17.triage.v1.StageTimings\x12\x16\n\x0epolicy_version\x18\x0f \x01(\t\x12\x13\n\x0bp_error_raw\x18\x10 \x01(\x01\x12\x18\n\x10worklist_item_id\x18\x11 \x01(\t\x12\x10\n\x08replayed\x18\x12 \x01(\x08\x12\x19\n\x11\x64\x65\x66\x65r_cost_set_by\x18\x13 \x01(\t\x12\x0e\n\x06\x63\x61ller\x18\x14 \x01(\t\x12\x0c\n\x04site\x18\x15 \x01(\t*@\n\x08\x44\x65\x63ision\x12\x18\n\x14\x44\x45\x43ISION_UNSPECIFIED\x10\x00\x12\x0f\n\x0b\x41UTO_REPORT\x10\x01\x12\t\n\x05\x44\x45\x46\x45R\x10\x02*\\\n\x0b\x44\x65\x66\x65rReason\x12\x1c\n\x18\x44\x45\x46\x45R_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12P_ERROR_ABOVE_COST\x10\x01\x12\x17\n\x13OUT_OF_DISTRIBUTION\x10\x02*G\n\x08Priority\x12\x18\n\x14PRIORITY_UNSPECIFIED\x10\x00\x12\x0b\n\x07ROUTINE\x10\x01\x12\n\n\x06URGENT\x10\x02\x12\x08\n\x04STAT\x10\x03\x32\x87\x01\n\x06Triage\x12;\n\x06Triage\x12\x18.triage.v1.TriageRequest\x1a\x17.triage.v1.TriageResult\x12@\n\x0cTriageStream\x12\x15.triage.v1.StudyChunk\x1a\x17.triage.v1.TriageResult(\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16triage/v1/triage.proto\x12\ttriage.v1\"\x9c\x01\n\rTriageRequest\x12\x11\n\tinstances\x18\x01 \x03(\x0c\x12\x17\n\ndefer_cost\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\x17\n\x0finclude_overlay\x18\x03 \x01(\x08\x12\x18\n\x10\x63\x61lling_ae_title\x18\x04 \x01(\t\x12\x1d\n\x15include_dicom_objects\x18\x05 \x01(\x08\x42\r\n\x0b_defer_cost\"\xa6\x01\n\nStudyChunk\x12\x10\n\x08instance\x18\x01 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x17\n\ndefer_cost\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12\x17\n\x0finclude_overlay\x18\x04 \x01(\x08\x12\x18\n\x10\x63\x61lling_ae_title\x18\x05 \x01(\t\x12\x1d\n\x15include_dicom_objects\x18\x06 \x01(\x08\x42\r\n\x0b_defer_cost\"8\n\x07Heatmap\x12\x0e\n\x06height\x18\x01 \x01(\r\x12\r\n\x05width\x18\x02 \x01(\r\x12\x0e\n\x06values\x18\x03 \x03(\x02\"\x9c\x01\n\x07\x46inding\x12\r\n\x05label\x18\x01 \x01(\t\x12\x13\n\x0bprobability\x18\x02 \x01(\x01\x12\x0f\n\x07present\x18\x03 \x01(\x08\x12#\n\x07heatmap\x18\x04 \x01(\x0b\x32\x12.triage.v1.Heatmap\x12\x11\n\tthreshold\x18\x05 \x01(\x01\x12\x0f\n\x07p_error\x18\x06 \x01(\x01\x12\x13\n\x0boverlay_png\x18\x07 \x01(\x0c\";\n\x0fIgnoredInstance\x12\x18\n\x10sop_instance_uid\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"r\n\x0cStageTimings\x12\x11\n\tdecode_ms\x18\x01 \x01(\x01\x12\x15\n\rpreprocess_ms\x18\x02 \x01(\x01\x12\x10\n\x08queue_ms\x18\x03 \x01(\x01\x12\x14\n\x0cinference_ms\x18\x04 \x01(\x01\x12\x10\n\x08total_ms\x18\x05 \x01(\x01\"w\n\x0b\x44icomObject\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x15\n\rsop_class_uid\x18\x02 \x01(\t\x12\x18\n\x10sop_instance_uid\x18\x03 \x01(\t\x12\x1b\n\x13transfer_syntax_uid\x18\x04 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x05 \x01(\x0c\"\x81\x05\n\x0cTriageResult\x12\x1a\n\x12study_instance_uid\x18\x01 \x01(\t\x12%\n\x08\x64\x65\x63ision\x18\x02 \x01(\x0e\x32\x13.triage.v1.Decision\x12\x0f\n\x07p_error\x18\x03 \x01(\x01\x12\x12\n\ndefer_cost\x18\x04 \x01(\x01\x12$\n\x08\x66indings\x18\x05 \x03(\x0b\x32\x12.triage.v1.Finding\x12\x10\n\x08worklist\x18\x06 \x01(\t\x12\x15\n\rmodel_version\x18\x07 \x01(\t\x12-\n\rdefer_reasons\x18\x08 \x03(\x0e\x32\x16.triage.v1.DeferReason\x12%\n\x08priority\x18\t \x01(\x0e\x32\x13.triage.v1.Priority\x12\x11\n\tood_score\x18\n \x01(\x01\x12\x15\n\rood_threshold\x18\x0b \x01(\x01\x12\x18\n\x10sop_instance_uid\x18\x0c \x01(\t\x12\x35\n\x11ignored_instances\x18\r \x03(\x0b\x32\x1a.triage.v1.IgnoredInstance\x12(\n\x07timings\x18\x0e \x01(\x0b\x32\x17.triage.v1.StageTimings\x12\x16\n\x0epolicy_version\x18\x0f \x01(\t\x12\x13\n\x0bp_error_raw\x18\x10 \x01(\x01\x12\x18\n\x10worklist_item_id\x18\x11 \x01(\t\x12\x10\n\x08replayed\x18\x12 \x01(\x08\x12\x19\n\x11\x64\x65\x66\x65r_cost_set_by\x18\x13 \x01(\t\x12\x0e\n\x06\x63\x61ller\x18\x14 \x01(\t\x12\x0c\n\x04site\x18\x15 \x01(\t\x12-\n\rdicom_objects\x18\x16 \x03(\x0b\x32\x16.triage.v1.DicomObject*@\n\x08\x44\x65\x63ision\x12\x18\n\x14\x44\x45\x43ISION_UNSPECIFIED\x10\x00\x12\x0f\n\x0b\x41UTO_REPORT\x10\x01\x12\t\n\x05\x44\x45\x46\x45R\x10\x02*\\\n\x0b\x44\x65\x66\x65rReason\x12\x1c\n\x18\x44\x45\x46\x45R_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12P_ERROR_ABOVE_COST\x10\x01\x12\x17\n\x13OUT_OF_DISTRIBUTION\x10\x02*G\n\x08Priority\x12\x18\n\x14PRIORITY_UNSPECIFIED\x10\x00\x12\x0b\n\x07ROUTINE\x10\x01\x12\n\n\x06URGENT\x10\x02\x12\x08\n\x04STAT\x10\x03\x32\x87\x01\n\x06Triage\x12;\n\x06Triage\x12\x18.triage.v1.TriageRequest\x1a\x17.triage.v1.TriageResult\x12@\n\x0cTriageStream\x12\x15.triage.v1.StudyChunk\x1a\x17.triage.v1.TriageResult(\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'triage.v1.triage_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DECISION']._serialized_start=1293
-  _globals['_DECISION']._serialized_end=1357
-  _globals['_DEFERREASON']._serialized_start=1359
-  _globals['_DEFERREASON']._serialized_end=1451
-  _globals['_PRIORITY']._serialized_start=1453
-  _globals['_PRIORITY']._serialized_end=1524
-  _globals['_TRIAGEREQUEST']._serialized_start=37
-  _globals['_TRIAGEREQUEST']._serialized_end=162
-  _globals['_STUDYCHUNK']._serialized_start=165
-  _globals['_STUDYCHUNK']._serialized_end=300
-  _globals['_HEATMAP']._serialized_start=302
-  _globals['_HEATMAP']._serialized_end=358
-  _globals['_FINDING']._serialized_start=361
-  _globals['_FINDING']._serialized_end=517
-  _globals['_IGNOREDINSTANCE']._serialized_start=519
-  _globals['_IGNOREDINSTANCE']._serialized_end=578
-  _globals['_STAGETIMINGS']._serialized_start=580
-  _globals['_STAGETIMINGS']._serialized_end=694
-  _globals['_TRIAGERESULT']._serialized_start=697
-  _globals['_TRIAGERESULT']._serialized_end=1291
-  _globals['_TRIAGE']._serialized_start=1527
-  _globals['_TRIAGE']._serialized_end=1662
+  _globals['_DECISION']._serialized_start=1524
+  _globals['_DECISION']._serialized_end=1588
+  _globals['_DEFERREASON']._serialized_start=1590
+  _globals['_DEFERREASON']._serialized_end=1682
+  _globals['_PRIORITY']._serialized_start=1684
+  _globals['_PRIORITY']._serialized_end=1755
+  _globals['_TRIAGEREQUEST']._serialized_start=38
+  _globals['_TRIAGEREQUEST']._serialized_end=194
+  _globals['_STUDYCHUNK']._serialized_start=197
+  _globals['_STUDYCHUNK']._serialized_end=363
+  _globals['_HEATMAP']._serialized_start=365
+  _globals['_HEATMAP']._serialized_end=421
+  _globals['_FINDING']._serialized_start=424
+  _globals['_FINDING']._serialized_end=580
+  _globals['_IGNOREDINSTANCE']._serialized_start=582
+  _globals['_IGNOREDINSTANCE']._serialized_end=641
+  _globals['_STAGETIMINGS']._serialized_start=643
+  _globals['_STAGETIMINGS']._serialized_end=757
+  _globals['_DICOMOBJECT']._serialized_start=759
+  _globals['_DICOMOBJECT']._serialized_end=878
+  _globals['_TRIAGERESULT']._serialized_start=881
+  _globals['_TRIAGERESULT']._serialized_end=1522
+  _globals['_TRIAGE']._serialized_start=1758
+  _globals['_TRIAGE']._serialized_end=1893
 # @@protoc_insertion_point(module_scope)

@@ -37,30 +37,34 @@ URGENT: Priority
 STAT: Priority
 
 class TriageRequest(_message.Message):
-    __slots__ = ("instances", "defer_cost", "include_overlay", "calling_ae_title")
+    __slots__ = ("instances", "defer_cost", "include_overlay", "calling_ae_title", "include_dicom_objects")
     INSTANCES_FIELD_NUMBER: _ClassVar[int]
     DEFER_COST_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_OVERLAY_FIELD_NUMBER: _ClassVar[int]
     CALLING_AE_TITLE_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_DICOM_OBJECTS_FIELD_NUMBER: _ClassVar[int]
     instances: _containers.RepeatedScalarFieldContainer[bytes]
     defer_cost: float
     include_overlay: bool
     calling_ae_title: str
-    def __init__(self, instances: _Optional[_Iterable[bytes]] = ..., defer_cost: _Optional[float] = ..., include_overlay: _Optional[bool] = ..., calling_ae_title: _Optional[str] = ...) -> None: ...
+    include_dicom_objects: bool
+    def __init__(self, instances: _Optional[_Iterable[bytes]] = ..., defer_cost: _Optional[float] = ..., include_overlay: _Optional[bool] = ..., calling_ae_title: _Optional[str] = ..., include_dicom_objects: _Optional[bool] = ...) -> None: ...
 
 class StudyChunk(_message.Message):
-    __slots__ = ("instance", "data", "defer_cost", "include_overlay", "calling_ae_title")
+    __slots__ = ("instance", "data", "defer_cost", "include_overlay", "calling_ae_title", "include_dicom_objects")
     INSTANCE_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     DEFER_COST_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_OVERLAY_FIELD_NUMBER: _ClassVar[int]
     CALLING_AE_TITLE_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_DICOM_OBJECTS_FIELD_NUMBER: _ClassVar[int]
     instance: int
     data: bytes
     defer_cost: float
     include_overlay: bool
     calling_ae_title: str
-    def __init__(self, instance: _Optional[int] = ..., data: _Optional[bytes] = ..., defer_cost: _Optional[float] = ..., include_overlay: _Optional[bool] = ..., calling_ae_title: _Optional[str] = ...) -> None: ...
+    include_dicom_objects: bool
+    def __init__(self, instance: _Optional[int] = ..., data: _Optional[bytes] = ..., defer_cost: _Optional[float] = ..., include_overlay: _Optional[bool] = ..., calling_ae_title: _Optional[str] = ..., include_dicom_objects: _Optional[bool] = ...) -> None: ...
 
 class Heatmap(_message.Message):
     __slots__ = ("height", "width", "values")
@@ -112,8 +116,22 @@ class StageTimings(_message.Message):
     total_ms: float
     def __init__(self, decode_ms: _Optional[float] = ..., preprocess_ms: _Optional[float] = ..., queue_ms: _Optional[float] = ..., inference_ms: _Optional[float] = ..., total_ms: _Optional[float] = ...) -> None: ...
 
+class DicomObject(_message.Message):
+    __slots__ = ("kind", "sop_class_uid", "sop_instance_uid", "transfer_syntax_uid", "data")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    SOP_CLASS_UID_FIELD_NUMBER: _ClassVar[int]
+    SOP_INSTANCE_UID_FIELD_NUMBER: _ClassVar[int]
+    TRANSFER_SYNTAX_UID_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax_uid: str
+    data: bytes
+    def __init__(self, kind: _Optional[str] = ..., sop_class_uid: _Optional[str] = ..., sop_instance_uid: _Optional[str] = ..., transfer_syntax_uid: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
+
 class TriageResult(_message.Message):
-    __slots__ = ("study_instance_uid", "decision", "p_error", "defer_cost", "findings", "worklist", "model_version", "defer_reasons", "priority", "ood_score", "ood_threshold", "sop_instance_uid", "ignored_instances", "timings", "policy_version", "p_error_raw", "worklist_item_id", "replayed", "defer_cost_set_by", "caller", "site")
+    __slots__ = ("study_instance_uid", "decision", "p_error", "defer_cost", "findings", "worklist", "model_version", "defer_reasons", "priority", "ood_score", "ood_threshold", "sop_instance_uid", "ignored_instances", "timings", "policy_version", "p_error_raw", "worklist_item_id", "replayed", "defer_cost_set_by", "caller", "site", "dicom_objects")
     STUDY_INSTANCE_UID_FIELD_NUMBER: _ClassVar[int]
     DECISION_FIELD_NUMBER: _ClassVar[int]
     P_ERROR_FIELD_NUMBER: _ClassVar[int]
@@ -135,6 +153,7 @@ class TriageResult(_message.Message):
     DEFER_COST_SET_BY_FIELD_NUMBER: _ClassVar[int]
     CALLER_FIELD_NUMBER: _ClassVar[int]
     SITE_FIELD_NUMBER: _ClassVar[int]
+    DICOM_OBJECTS_FIELD_NUMBER: _ClassVar[int]
     study_instance_uid: str
     decision: Decision
     p_error: float
@@ -156,4 +175,5 @@ class TriageResult(_message.Message):
     defer_cost_set_by: str
     caller: str
     site: str
-    def __init__(self, study_instance_uid: _Optional[str] = ..., decision: _Optional[_Union[Decision, str]] = ..., p_error: _Optional[float] = ..., defer_cost: _Optional[float] = ..., findings: _Optional[_Iterable[_Union[Finding, _Mapping]]] = ..., worklist: _Optional[str] = ..., model_version: _Optional[str] = ..., defer_reasons: _Optional[_Iterable[_Union[DeferReason, str]]] = ..., priority: _Optional[_Union[Priority, str]] = ..., ood_score: _Optional[float] = ..., ood_threshold: _Optional[float] = ..., sop_instance_uid: _Optional[str] = ..., ignored_instances: _Optional[_Iterable[_Union[IgnoredInstance, _Mapping]]] = ..., timings: _Optional[_Union[StageTimings, _Mapping]] = ..., policy_version: _Optional[str] = ..., p_error_raw: _Optional[float] = ..., worklist_item_id: _Optional[str] = ..., replayed: _Optional[bool] = ..., defer_cost_set_by: _Optional[str] = ..., caller: _Optional[str] = ..., site: _Optional[str] = ...) -> None: ...
+    dicom_objects: _containers.RepeatedCompositeFieldContainer[DicomObject]
+    def __init__(self, study_instance_uid: _Optional[str] = ..., decision: _Optional[_Union[Decision, str]] = ..., p_error: _Optional[float] = ..., defer_cost: _Optional[float] = ..., findings: _Optional[_Iterable[_Union[Finding, _Mapping]]] = ..., worklist: _Optional[str] = ..., model_version: _Optional[str] = ..., defer_reasons: _Optional[_Iterable[_Union[DeferReason, str]]] = ..., priority: _Optional[_Union[Priority, str]] = ..., ood_score: _Optional[float] = ..., ood_threshold: _Optional[float] = ..., sop_instance_uid: _Optional[str] = ..., ignored_instances: _Optional[_Iterable[_Union[IgnoredInstance, _Mapping]]] = ..., timings: _Optional[_Union[StageTimings, _Mapping]] = ..., policy_version: _Optional[str] = ..., p_error_raw: _Optional[float] = ..., worklist_item_id: _Optional[str] = ..., replayed: _Optional[bool] = ..., defer_cost_set_by: _Optional[str] = ..., caller: _Optional[str] = ..., site: _Optional[str] = ..., dicom_objects: _Optional[_Iterable[_Union[DicomObject, _Mapping]]] = ...) -> None: ...

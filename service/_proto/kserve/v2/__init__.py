@@ -1,0 +1,1 @@
+"""Generated gRPC stubs (python -m triage_tools.protogen); do not edit."""
