@@ -734,6 +734,14 @@ class DicomConfig:
         "tried again after this long (kept in the spool meanwhile).",
         above(0),
     )
+    max_failed_attempts: int = knob(
+        5,
+        "A study whose triage fails for an unexpected reason (a bug, a corrupt spool file) is "
+        "tried this many times (``retry_seconds`` apart); then its files are moved to "
+        "``<spool_dir>/quarantine/`` for an operator, never deleted, and the failure is logged "
+        "and counted (outcome quarantined).",
+        between(1, 1000),
+    )
     sc_transfer_syntax: str = knob(
         "1.2.840.10008.1.2.5",
         "Transfer syntax of the Secondary Capture overlays: RLE Lossless, or Explicit VR Little "

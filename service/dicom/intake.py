@@ -11,7 +11,10 @@ triaged from (instances that arrived meanwhile stay for the next round).
 A failure is an outcome (:data:`service.dicom.status.TRIAGE_OUTCOMES`), counted and logged with
 the hashed study UID: a study that is not an eligible frontal chest radiograph (a CT, a lateral)
 was stored successfully and produces no result; a passing failure (overload, the model not
-loaded yet) keeps the study and tries again after ``dicom.retry_seconds``. At start-up every
+loaded yet) keeps the study and tries again after ``dicom.retry_seconds``; so does an unexpected
+failure, at most ``dicom.max_failed_attempts`` times, after which the study's files move to the
+spool's ``quarantine/`` folder (an acknowledged study is never deleted untriaged unless it is
+not eligible or not decodable). At start-up every
 study left in the spool (a crash before its result was committed) is due at once: a study
 whose result was committed before the crash replays it (same decision inputs) and adds nothing.
 """
@@ -32,7 +35,7 @@ from service.core.errors import NotEligible, NotReady
 from service.dicom.metrics import DicomMetrics
 from service.dicom.outputs import DICOM, DicomOutputs
 from service.dicom.spool import Spool, StudyMeta
-from service.dicom.status import not_eligible_reason, triage_outcome
+from service.dicom.status import FAILED, not_eligible_reason, triage_outcome
 from service.pipeline import RequestOptions, RequestTrace, TriagePipeline
 from service.worklist.store import WorklistStore
 from triage_common.logging import get_logger, hash_uid
@@ -55,6 +58,7 @@ class _Open:
     running: bool = False
     dirty: bool = False  # an instance arrived while it was being triaged
     attempts: int = 0
+    failures: int = 0  # unexpected failures (quarantined at dicom.max_failed_attempts)
 
 
 class Intake:
@@ -191,6 +195,15 @@ class Intake:
                 log.error("dicom_triage_crashed", error=type(exc).__name__)
                 self._finish(key, done=False, retry=True)
 
+    def _failed_attempts(self, key: str) -> int:
+        """Unexpected failures of the study so far, this one included."""
+        with self._lock:
+            study = self._open.get(key)
+            if study is None:
+                return 1
+            study.failures += 1
+            return study.failures
+
     def _finish(self, key: str, *, done: bool, retry: bool) -> None:
         with self._lock:
             study = self._open.get(key)
@@ -233,7 +246,18 @@ class Intake:
                 fields["not_eligible"] = reason
             self._metrics.study(outcome.label, reason)
             self._log(key, trace, start, fields, warn=outcome.label == "failed")
-            if outcome.retry:
+            if outcome is FAILED and self._failed_attempts(key) >= self.config.max_failed_attempts:
+                folder = self.spool.quarantine(key)
+                self._metrics.study("quarantined")
+                log.error(
+                    "dicom_study_quarantined",
+                    study=key[: len(hash_uid(""))],
+                    attempts=self.config.max_failed_attempts,
+                    error=type(exc).__name__,
+                    folder=folder.name,
+                )
+                self._finish(key, done=True, retry=False)
+            elif outcome.retry:
                 self._finish(key, done=False, retry=True)
             else:
                 self.spool.remove(key, files)

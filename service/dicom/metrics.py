@@ -8,7 +8,7 @@ configuration; never a UID, an AE title sent by a peer or a patient value.
 - ``triage_dicom_instances_total{status}``: C-STORE answers by status name
   (:data:`service.dicom.status.STATUS_NAMES`);
 - ``triage_dicom_studies_total{outcome}``: complete studies by outcome (triaged, not_eligible,
-  invalid, overloaded, ... :data:`service.dicom.status.TRIAGE_OUTCOMES`);
+  invalid, overloaded, failed, quarantined ... :data:`service.dicom.status.TRIAGE_OUTCOMES`);
 - ``triage_dicom_not_eligible_total{reason}``: studies stored but not triaged, by reason
   (modality, body_part, view, photometric, no_pixel_data, other);
 - ``triage_dicom_spool_bytes``, ``triage_dicom_spool_studies``: what the spool holds;

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import logging
+import threading
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -32,6 +33,10 @@ from service.dicom.source import writer_view
 from service.dicom.sr import build_sr
 
 __all__ = ["KINDS", "DicomObject", "Prepared", "Writer", "WriterSettings", "encode"]
+#: Held while the image objects are encoded: openjpeg's JPEG 2000 encoder (through pydicom and
+#: pylibjpeg-openjpeg) crashed the process with a segmentation fault when two triage threads
+#: encoded Segmentations at once (seen in the SIGKILL test under load), so one at a time.
+_CODEC_LOCK = threading.Lock()
 #: Kinds that need the overlay images of the result (RequestOptions.include_overlay).
 NEEDS_OVERLAY = frozenset({"SC"})
 
@@ -124,13 +129,13 @@ class Writer:
             raise ValueError(f"unknown DICOM object kind(s) {sorted(unknown)}; use {list(KINDS)}")
         view = writer_view(source)
         images: list[DicomObject] = []
-        if "SC" in wanted:
-            overlays = build_overlays(result, view, self.settings.sc_transfer_syntax)
-            images += [encode("SC", ds) for ds in overlays]
-        if "SEG" in wanted:
-            images.append(
-                encode("SEG", build_segmentation(result, view, self.settings.seg_transfer_syntax))
-            )
+        with _CODEC_LOCK:  # the pixel encoders are not safe to run in two threads at once
+            if "SC" in wanted:
+                overlays = build_overlays(result, view, self.settings.sc_transfer_syntax)
+                images += [encode("SC", ds) for ds in overlays]
+            if "SEG" in wanted:
+                segmentation = build_segmentation(result, view, self.settings.seg_transfer_syntax)
+                images.append(encode("SEG", segmentation))
         priority = result.priority.name
         prepared = Prepared(result, view, wanted, tuple(images), (), priority)
         return dataclasses.replace(prepared, reports=tuple(prepared._reports(priority)))

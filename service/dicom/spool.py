@@ -4,6 +4,7 @@ Layout under ``dicom.spool_dir``::
 
     studies/<sha256 of the StudyInstanceUID>/meta.json      who sent it (calling AE title, host)
     studies/<sha256 of the StudyInstanceUID>/<sha256 of the SOP Instance UID>.dcm
+    quarantine/<sha256 of the StudyInstanceUID>/...         studies whose triage kept failing
 
 Every file is written to a ``.part`` file, fsync'd, renamed into place and its folder fsync'd, so
 an instance the SCP acknowledged survives a SIGKILL or a power loss, and a half-written one is
@@ -29,6 +30,8 @@ from service.core.types import BytesLike
 from service.dicom.status import SpoolFull
 
 META = "meta.json"
+#: Where studies that keep failing are moved (``<spool_dir>/quarantine/<key>``).
+QUARANTINE = "quarantine"
 
 
 def key_of(uid: str) -> str:
@@ -178,6 +181,23 @@ class Spool:
         with self._lock:
             names = sorted(self._sizes.get(key, {}))
         return [self.studies_dir / key / n for n in names]
+
+    def quarantine(self, key: str) -> Path:
+        """Move a study out of the spool into ``quarantine/`` (kept for an operator, never
+        triaged again by the service); returns its new folder."""
+        folder = self.studies_dir / key
+        target_dir = self.root / QUARANTINE
+        target_dir.mkdir(parents=True, exist_ok=True)
+        target = target_dir / key
+        n = 1
+        while target.exists():  # quarantined before: keep both
+            target, n = target_dir / f"{key}.{n}", n + 1
+        with self._lock:
+            self._sizes.pop(key, None)
+            os.replace(folder, target)
+            _fsync_dir(self.studies_dir)
+            _fsync_dir(target_dir)
+        return target
 
     def remove(self, key: str, files: list[Path]) -> bool:
         """Delete ``files`` of a study (those it was triaged from); the folder goes with the

@@ -105,7 +105,9 @@ TRIAGE_OUTCOMES: tuple[tuple[type[BaseException], Outcome], ...] = (
     (InvalidStudy, Outcome("invalid", retry=False)),
     (OSError, Outcome("storage_error", retry=True)),
 )
-FAILED = Outcome("failed", retry=False)
+#: An unexpected exception (a bug, a corrupt spool file): the study was acknowledged, so it is
+#: kept and tried again, at most ``dicom.max_failed_attempts`` times, then quarantined.
+FAILED = Outcome("failed", retry=True)
 
 
 def triage_outcome(exc: BaseException) -> Outcome:

@@ -41,6 +41,7 @@ def test_triage_outcomes_say_what_is_retried_and_why_a_study_was_not_triaged() -
     assert triage_outcome(Cancelled("stopping")).retry  # a shutdown keeps the study spooled
     assert triage_outcome(InvalidStudy("bad")).label == "invalid"
     assert triage_outcome(ValueError("bug")).label == "failed"
+    assert triage_outcome(ValueError("bug")).retry  # acknowledged: kept, then quarantined
     assert not_eligible_reason("modality CT is not CR or DX") == "modality"
     assert not_eligible_reason("view LL is a lateral view") == "view"
     assert not_eligible_reason("body part 'TIBIA' is not CHEST") == "body_part"
