@@ -25,7 +25,7 @@ RUN useradd --system --uid 10001 --create-home --home-dir /home/triage triage \
     && mkdir -p /models/bundle /data && chown triage /data
 COPY --from=build /wheels /wheels
 RUN python -m venv /opt/venv \
-    && /opt/venv/bin/pip install --no-cache-dir /wheels/*.whl \
+    && /opt/venv/bin/pip install --no-cache-dir "$(ls /wheels/*.whl)[postgres]" \
     && rm -rf /wheels
 COPY ${BUNDLE_DIR} /models/bundle
 ENV PATH=/opt/venv/bin:$PATH \
@@ -53,7 +53,7 @@ RUN apt-get update \
     && mkdir -p /models/bundle /data /data/trt-cache && chown -R triage /data
 COPY --from=build /wheels /wheels
 RUN python3.11 -m venv /opt/venv \
-    && /opt/venv/bin/pip install --no-cache-dir /wheels/*.whl \
+    && /opt/venv/bin/pip install --no-cache-dir "$(ls /wheels/*.whl)[postgres]" \
     && rm -rf /wheels
 COPY ${BUNDLE_DIR} /models/bundle
 ENV PATH=/opt/venv/bin:$PATH \

@@ -11,7 +11,7 @@ DEMO_OUT ?= demo-out
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip setuptools wheel
-	$(BIN)/python -m pip install --quiet -e ".[tools,train,dev]"
+	$(BIN)/python -m pip install --quiet -e ".[tools,train,dev,postgres]"
 	touch $(STAMP)
 
 venv: $(STAMP)

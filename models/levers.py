@@ -38,6 +38,7 @@ from models.training import batches, classifier_outputs, seed_everything
 from triage_common.anatomy import has_anatomy, load_regions, mass_shares
 from triage_common.console import track
 from triage_common.datasets import ImageTable, load_dataset, preprocessed_images
+from triage_common.evaluation import similar_probability_permutation
 from triage_common.metrics import auroc, study_errors
 
 F32 = npt.NDArray[np.float32]
@@ -177,24 +178,6 @@ def predict(model: nn.Module, x: F32) -> F64:
     return out
 
 
-def similar_permutation(
-    probs: F32, thresholds: F64, rng: np.random.Generator, block: int = 10
-) -> npt.NDArray[np.int64]:
-    """Maps moved among studies with the same predicted findings and similar summed logits
-    (the same rule as ``triage evaluate``'s ablation)."""
-    p = np.clip(probs.astype(np.float64), 1e-6, 1 - 1e-6)
-    pattern = (p >= thresholds[None, :]).astype(np.int64) @ (2 ** np.arange(p.shape[1]))
-    key = np.log(p / (1 - p)).sum(axis=1)
-    perm = np.arange(len(p), dtype=np.int64)
-    for value in np.unique(pattern):
-        rows = np.flatnonzero(pattern == value)
-        rows = rows[np.argsort(key[rows], kind="mergesort")]
-        for start in range(0, len(rows), block):
-            chunk = rows[start : start + block]
-            perm[chunk] = rng.permutation(chunk)
-    return perm
-
-
 def paired_difference(
     y: F64, a: F64, b: F64, patients: tuple[str, ...], rows: npt.NDArray[np.bool_],
     resamples: int, seed: int,
@@ -250,7 +233,9 @@ def run_levers(options: LeverOptions) -> dict[str, Any]:
     is_val = np.array([p in val_patients for p in first.patients])
     y_eval = study_errors(evaluation.labels, evaluation.probs[0], thresholds)
     perms = [
-        similar_permutation(evaluation.probs[0], thresholds, np.random.default_rng(r))
+        similar_probability_permutation(
+            evaluation.probs[0].astype(np.float64), thresholds, np.random.default_rng(r)
+        )
         for r in range(options.permutations)
     ]
     identity = np.arange(len(y_eval), dtype=np.int64)

@@ -263,10 +263,11 @@ class DecodeConfig:
         at_least(256),
     )
     worker_seconds: float = knob(
-        2.0,
-        "Wall-clock limit of one study's decode in a worker; past it the worker is killed and "
-        "replaced and the call gets INVALID_ARGUMENT naming the limit (a shorter client deadline "
-        "gives DEADLINE_EXCEEDED).",
+        1.75,
+        "Wall-clock limit of one study's decode in a worker, the wait for a free worker "
+        "included; past it the worker is killed and replaced and the call gets INVALID_ARGUMENT "
+        "naming the limit (a shorter client deadline gives DEADLINE_EXCEEDED). 1.75 s leaves "
+        "room for reading the stream and answering, so a hostile input is answered within 2 s.",
         above(0),
     )
     worker_max_tasks: int = knob(
@@ -532,6 +533,13 @@ class MetricsConfig:
     host: str = knob("127.0.0.1", "Prometheus endpoint address.")
 
 
+def postgres_url(value: Any) -> str | None:
+    """Refuse a non-empty ``worklist.url`` that is not a PostgreSQL URL."""
+    if not value or str(value).startswith(("postgresql://", "postgres://")):
+        return None
+    return "must be a postgresql://USER:PASSWORD@HOST:PORT/DATABASE URL (or empty)"
+
+
 @dataclass(frozen=True)
 class WorklistConfig:
     """The durable worklist store."""
@@ -545,6 +553,16 @@ class WorklistConfig:
         "section). Migrated to the current schema version at start-up. An empty path turns "
         "the worklist off (results are neither stored nor idempotent: for benchmarks and tests "
         "of the triage path only; a warning is logged at start-up).",
+    )
+    url: str = knob(
+        "",
+        "PostgreSQL worklist shared by several replicas (`postgresql://USER:PASSWORD@HOST:PORT/"
+        "DB`; needs the `postgres` extra); when set it replaces `path`. Same semantics as "
+        "SQLite; claims use `FOR UPDATE SKIP LOCKED`, leases the database clock, Watch "
+        "LISTEN/NOTIFY; migrated at start-up (a newer schema is refused). Pass it from a secret "
+        "(`TRIAGE_WORKLIST__URL`): the password is never logged.",
+        postgres_url,
+        secret=True,
     )
     lease_seconds: float = knob(
         900.0, "Default lease of a Claim; an expired lease returns the item to QUEUED.", above(0)

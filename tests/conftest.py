@@ -15,7 +15,9 @@ import pytest
 from service.rpc.server import TriageServer, create_server
 from tests.helpers import pydicom_data
 from tests.helpers.bundle_factory import NEVER_FLAGGING_OOD_THRESHOLD, build_bundle_subprocess
+from tests.helpers.postgres import PostgresServer, postgres_missing
 from tests.helpers.servers import WorklistServerFactory, make_config
+from tests.helpers.worklist_stores import BACKENDS, StoreFactory
 
 
 @pytest.fixture(name="rg1_paths")
@@ -92,3 +94,33 @@ def fixture_worklist_server(bundle_path: Path, tmp_path: Path) -> Iterator[Workl
     yield factory
     for server in started:
         server.stop(0).wait(10)
+
+
+@pytest.fixture(name="postgres", scope="session")
+def fixture_postgres() -> Iterator[PostgresServer]:
+    """A throwaway PostgreSQL 15 on loopback for the session (skipped, loudly, only when the
+    server binaries are not installed)."""
+    reason = postgres_missing()
+    if reason:
+        pytest.skip(reason)
+    server = PostgresServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(name="postgres_url")
+def fixture_postgres_url(postgres: PostgresServer) -> str:
+    """The URL of a fresh empty database on the session's PostgreSQL."""
+    return postgres.new_database()
+
+
+@pytest.fixture(name="store_factory", params=BACKENDS)
+def fixture_store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFactory]:
+    """Worklist stores on one fresh database, once per backend (SQLite, PostgreSQL)."""
+    if request.param == "postgres":
+        url = request.getfixturevalue("postgres_url")
+        factory = StoreFactory("postgres", url=url)
+    else:
+        factory = StoreFactory("sqlite", path=tmp_path / "worklist.db")
+    yield factory
+    factory.close_all()

@@ -53,12 +53,14 @@ def test_every_copied_path_exists() -> None:
 
 
 def test_runtime_image_has_no_torch_and_runs_as_non_root() -> None:
-    """The runtime stages install the wheel without extras and switch to a non-root user."""
+    """The runtime stages install the wheel with the postgres extra only (psycopg, for a
+    shared PostgreSQL worklist) and switch to a non-root user."""
     for stage in ("runtime", "gpu"):
         ops = [(op, rest) for s, op, rest in instructions() if s == stage]
         assert ("USER", "triage") in ops
         installs = " ".join(rest for op, rest in ops if op == "RUN")
         assert "torch" not in installs and "[train" not in installs
+        assert "[postgres]" in installs and "[tools" not in installs
         assert any(op == "HEALTHCHECK" for op, _ in ops)
         assert ("EXPOSE", "50051") in ops
 

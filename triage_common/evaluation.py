@@ -91,3 +91,27 @@ def summarise_iou(iou: F64, labels: Sequence[str]) -> dict[str, dict[str, float]
 def mean_iou(iou: F64, labels: Sequence[str]) -> dict[str, float]:
     """Mean IoU per finding (findings with no mask left out)."""
     return {label: item["mean"] for label, item in summarise_iou(iou, labels).items()}
+
+
+#: Studies shuffled together by :func:`similar_probability_permutation`.
+PERMUTATION_BLOCK = 10
+
+
+def similar_probability_permutation(
+    probabilities: F64, thresholds: F64, rng: np.random.Generator, block: int = PERMUTATION_BLOCK
+) -> npt.NDArray[np.int64]:
+    """A permutation that moves each study's maps to a study with similar probabilities: studies
+    with the same predicted findings, sorted by their summed logits, are shuffled within
+    consecutive blocks of ``block``. What the maps add beyond the probabilities is what the
+    Grad-CAM error model loses when fed these maps."""
+    p = np.clip(np.asarray(probabilities, dtype=np.float64), 1e-6, 1 - 1e-6)
+    pattern = (p >= thresholds[None, :]).astype(np.int64) @ (2 ** np.arange(p.shape[1]))
+    key = np.log(p / (1 - p)).sum(axis=1)
+    perm = np.arange(len(p), dtype=np.int64)
+    for value in np.unique(pattern):
+        rows = np.flatnonzero(pattern == value)
+        rows = rows[np.argsort(key[rows], kind="mergesort")]
+        for start in range(0, len(rows), block):
+            chunk = rows[start : start + block]
+            perm[chunk] = rng.permutation(chunk)
+    return perm

@@ -102,6 +102,11 @@ COMMANDS: tuple[Command, ...] = (
         ("bench", "durability"), "triage_tools.apps.bench_durability", "SIGKILL the server, audit"
     ),
     Command(
+        ("bench", "worklist"),
+        "triage_tools.apps.bench_worklist",
+        "results written/s and claims/s: SQLite and PostgreSQL, 1 and 3 replicas, same run",
+    ),
+    Command(
         ("bench", "dicom"),
         "triage_tools.apps.bench_dicom",
         "studies/s through the DICOM Storage SCP beside gRPC, same studies",
@@ -110,6 +115,21 @@ COMMANDS: tuple[Command, ...] = (
         ("bench", "kserve"),
         "triage_tools.apps.bench_kserve",
         "studies/s through a remote Triton (KServe v2) beside in-process inference",
+    ),
+    Command(
+        ("orthanc", "follow"),
+        "integrations.orthanc.apps.follow",
+        "the Orthanc sidecar: triage every stable chest study, post the results back",
+    ),
+    Command(
+        ("orthanc", "config"),
+        "integrations.orthanc.apps.config",
+        "write a working Orthanc configuration (orthanc.json) for a triage server",
+    ),
+    Command(
+        ("bench", "orthanc"),
+        "integrations.orthanc.apps.bench",
+        "studies/min through Orthanc and the sidecar beside gRPC only, same run",
     ),
 )
 

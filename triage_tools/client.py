@@ -38,6 +38,10 @@ def open_channel(options: ChannelOptions) -> grpc.Channel:
     channel_args: list[tuple[str, Any]] = [
         ("grpc.max_send_message_length", options.max_message_bytes),
         ("grpc.max_receive_message_length", 256 << 20),
+        # a server that was down is found again within seconds, not gRPC's default two minutes
+        # of reconnect backoff (the Orthanc sidecar and retrying clients rely on it)
+        ("grpc.initial_reconnect_backoff_ms", 250),
+        ("grpc.max_reconnect_backoff_ms", 2000),
     ]
     if options.server_name:
         channel_args.append(("grpc.ssl_target_name_override", options.server_name))

@@ -14,16 +14,28 @@ store is audited:
   item (``replay_failures``).
 
 Used by the test suite (one round) and by ``triage bench durability --rounds N``.
+
+Several replicas (``--worklist-url URL --replicas N``, :func:`run_replica_round`): N servers on
+loopback share one PostgreSQL worklist; clients submit distinct studies round-robin over them
+while readers claim (short leases) and complete from all of them; each round one replica, at
+random, is SIGKILLed at a random moment and restarted. Audited per round: no acknowledged study
+lost, none stored twice, no item torn, no item held by two readers at once (from the audit
+history, and from the readers' own claim and completion times), and the claims a reader left on
+the killed replica expire on the database clock and return to QUEUED; acknowledged studies sent
+again to any replica replay.
 """
 
 from __future__ import annotations
 
 import io
+import itertools
+import random
 import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -183,4 +195,275 @@ def run_round(
         store.close()
     finally:
         restarted.stop()
+    return result
+
+
+# -- several replicas on one PostgreSQL worklist ----------------------------------------------
+
+
+@dataclass
+class ReplicaRoundResult:
+    """What one round of the shared-database check found (``triage bench durability
+    --worklist-url URL --replicas N``)."""
+
+    killed_replica: int = 0
+    kill_after_s: float = 0.0
+    attempted: int = 0
+    acknowledged: int = 0
+    lost: int = 0
+    duplicated: int = 0
+    half_written: int = 0
+    replay_failures: int = 0
+    claims: int = 0
+    double_claims: int = 0
+    abandoned_leases: int = 0
+    leases_not_expired: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """Nothing lost, duplicated, torn, claimed twice at once or left leased."""
+        return not (
+            self.lost or self.duplicated or self.half_written or self.replay_failures
+            or self.double_claims or self.leases_not_expired or self.notes
+        )  # fmt: skip
+
+
+class Replicas:
+    """``n`` ``triage serve`` replicas on loopback sharing the worklist database ``url``
+    (passed in the environment, so the password is not on a command line)."""
+
+    def __init__(self, bundle: Path, url: str, n: int) -> None:
+        self.bundle, self._url = bundle, url
+        self.lock = threading.Lock()
+        self.procs = [self._start() for _ in range(n)]
+        for proc in self.procs:
+            proc.wait_ready()
+
+    def _start(self) -> ServeProcess:
+        return ServeProcess(
+            ["--bundle", str(self.bundle), "--set", "inference.warmup_runs=1"],
+            env={"TRIAGE_WORKLIST__URL": self._url},
+        )
+
+    def addresses(self) -> list[str]:
+        """The replicas' current addresses (a restarted replica has a new port)."""
+        with self.lock:
+            return [p.address for p in self.procs]
+
+    def kill_and_restart(self, index: int) -> None:
+        """SIGKILL replica ``index``, start a new one in its place and wait until ready."""
+        self.procs[index].kill()
+        proc = self._start()
+        proc.wait_ready()
+        with self.lock:
+            self.procs[index] = proc
+
+    def stop(self) -> None:
+        """Stop every replica (SIGTERM)."""
+        for proc in self.procs:
+            proc.stop()
+
+
+@dataclass
+class _Claim:
+    item_id: str
+    reader: str
+    start: float  # when the claim was acknowledged (wall clock)
+    end: float  # completed, or the lease's expiry (the database's clock) if sooner
+
+
+def _interval_overlaps(claims: list[_Claim]) -> int:
+    """Pairs of claims of one item by different readers whose holding times overlap."""
+    by_item: dict[str, list[_Claim]] = {}
+    for c in claims:
+        by_item.setdefault(c.item_id, []).append(c)
+    overlaps = 0
+    for held in by_item.values():
+        held.sort(key=lambda c: c.start)
+        for a, b in itertools.pairwise(held):
+            overlaps += a.reader != b.reader and b.start < a.end - 0.05  # clocks: same machine
+    return overlaps
+
+
+def _history_double_claims(history: list[Any]) -> int:
+    """Claims of an item while it was already CLAIMED, from its audit history."""
+    held, doubled = False, 0
+    for event in history:
+        if event.action == "claimed":
+            doubled += held
+            held = True
+        elif event.action in ("released", "completed", "lease-expired"):
+            held = False
+    return int(doubled)
+
+
+def run_replica_round(
+    replicas: Replicas,
+    store: Any,
+    *,
+    clients: int = 16,
+    readers: int = 3,
+    seed_base: int = 0,
+    rng: random.Random,
+    lease_s: float = 2.0,
+    abandon: int = 3,
+    duration_s: float = 4.0,
+) -> ReplicaRoundResult:
+    """One round: ``clients`` submit distinct studies round-robin over the replicas while
+    ``readers`` claim and complete from all of them; at a random moment one replica (at
+    random) is SIGKILLed and restarted, just after ``abandon`` claims made through it with a
+    ``lease_s`` lease were left uncompleted (their reader died with it). ``store`` is a store
+    on the same database, for the audit."""
+    from service._proto.triage.v1 import worklist_pb2, worklist_pb2_grpc
+
+    n = len(replicas.procs)
+    victim = rng.randrange(n)
+    kill_at = rng.uniform(0.5, duration_s * 0.6)
+    result = ReplicaRoundResult(killed_replica=victim, kill_after_s=round(kill_at, 2))
+    acked: dict[str, int] = {}
+    attempted: set[str] = set()
+    claims: list[_Claim] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+    counter = iter(range(seed_base, seed_base + 1_000_000))
+    channels: dict[str, grpc.Channel] = {}
+
+    def channel(address: str) -> grpc.Channel:
+        with lock:
+            if address not in channels:
+                channels[address] = grpc.insecure_channel(address)
+            return channels[address]
+
+    def submitter(k: int) -> None:
+        turn = k
+        while not stop.is_set():
+            with lock:
+                seed = next(counter)
+            uid, data = synthetic_study(seed)
+            with lock:
+                attempted.add(uid)
+            addresses = replicas.addresses()
+            address = addresses[turn % len(addresses)]
+            turn += 1
+            stub = triage_pb2_grpc.TriageStub(channel(address))  # type: ignore[no-untyped-call]
+            try:
+                reply = stub.Triage(triage_pb2.TriageRequest(instances=[data]), timeout=30)
+            except grpc.RpcError:
+                continue  # that replica is down: not acknowledged; the next goes elsewhere
+            if reply.study_instance_uid != uid or not reply.worklist_item_id:
+                with lock:
+                    result.notes.append("an acknowledged result lacks its worklist item")
+            with lock:
+                acked[uid] = seed
+
+    def reader(j: int) -> None:
+        name, turn = f"reader-{seed_base}-{j}", j
+        while not stop.is_set():
+            addresses = replicas.addresses()
+            stub = worklist_pb2_grpc.WorklistStub(  # type: ignore[no-untyped-call]
+                channel(addresses[turn % len(addresses)])
+            )
+            turn += 1
+            try:
+                item = stub.Claim(
+                    worklist_pb2.ClaimRequest(reader=name, lease_seconds=lease_s), timeout=10
+                )
+            except grpc.RpcError:
+                time.sleep(0.02)  # nothing queued, or that replica is down
+                continue
+            start = time.time()
+            time.sleep(rng.uniform(0.0, 0.05))  # reading
+            labels = [
+                worklist_pb2.FinalLabel(label=f.label, present=False) for f in item.result.findings
+            ]
+            try:
+                stub = worklist_pb2_grpc.WorklistStub(  # type: ignore[no-untyped-call]
+                    channel(replicas.addresses()[turn % n])
+                )
+                stub.Complete(
+                    worklist_pb2.CompleteRequest(
+                        item_id=item.item_id, reader=name, final_labels=labels
+                    ),
+                    timeout=10,
+                )
+                end = min(time.time(), item.lease_expires_unix)
+            except grpc.RpcError:
+                end = item.lease_expires_unix  # not completed: held until the lease ran out
+            with lock:
+                claims.append(_Claim(item.item_id, name, start, end))
+
+    threads = [threading.Thread(target=submitter, args=(k,)) for k in range(clients)]
+    threads += [threading.Thread(target=reader, args=(j,)) for j in range(readers)]
+    for t in threads:
+        t.start()
+    time.sleep(kill_at)
+    # a reader on the victim replica claims and dies with it: its claims are never completed
+    abandoned: list[tuple[str, float]] = []
+    victim_stub = worklist_pb2_grpc.WorklistStub(  # type: ignore[no-untyped-call]
+        channel(replicas.addresses()[victim])
+    )
+    for _ in range(abandon):
+        try:
+            item = victim_stub.Claim(
+                worklist_pb2.ClaimRequest(reader=f"doomed-{seed_base}", lease_seconds=lease_s),
+                timeout=10,
+            )
+        except grpc.RpcError:
+            break
+        abandoned.append((item.item_id, item.lease_expires_unix))
+        with lock:
+            claims.append(_Claim(item.item_id, f"doomed-{seed_base}", time.time(),
+                                 item.lease_expires_unix))  # fmt: skip
+    replicas.kill_and_restart(victim)
+    time.sleep(max(0.5, duration_s - kill_at))
+    stop.set()
+    for t in threads:
+        t.join(60)
+    for ch in channels.values():
+        ch.close()
+    # the abandoned leases run out on the database clock
+    if abandoned:
+        time.sleep(max(0.0, max(e for _, e in abandoned) - time.time()) + 0.5)
+
+    result.attempted, result.acknowledged = len(attempted), len(acked)
+    result.claims, result.abandoned_leases = len(claims), len(abandoned)
+    items = [
+        i for i in store.list_items(states=STATES, limit=1_000_000) if i.study_uid in attempted
+    ]
+    per_study = Counter(item.study_uid for item in items)
+    result.lost = sum(1 for uid in acked if per_study[uid] == 0)
+    result.duplicated = sum(1 for count in per_study.values() if count > 1)
+    for item in items:
+        history = store.history(item.item_id)
+        last = history[-1].item if history else None
+        try:
+            triage_pb2.TriageResult.FromString(item.result)
+            whole = (
+                history[0].action == "queued"
+                and last is not None
+                and (last.result == item.result and last.priority == item.priority)
+            )
+        except Exception:  # a result that does not parse is half-written
+            whole = False
+        result.half_written += not whole
+        result.double_claims += _history_double_claims(history)
+    result.double_claims += _interval_overlaps(claims)
+    for item_id, _ in abandoned:
+        item = store.get(item_id)  # expires what ran out
+        actions = [e.action for e in store.history(item_id)]
+        still_held = item.state == "CLAIMED" and item.claimed_by == f"doomed-{seed_base}"
+        result.leases_not_expired += still_held or "lease-expired" not in actions
+    # re-sending acknowledged studies to any replica replays them and adds nothing
+    for k, uid in enumerate(sorted(acked)[:8]):
+        _, data = synthetic_study(acked[uid])
+        with grpc.insecure_channel(replicas.addresses()[k % n]) as ch:
+            stub = triage_pb2_grpc.TriageStub(ch)  # type: ignore[no-untyped-call]
+            reply = stub.Triage(triage_pb2.TriageRequest(instances=[data]), timeout=30)
+        result.replay_failures += not reply.replayed
+    after = Counter(
+        i.study_uid for i in store.list_items(states=STATES, limit=1_000_000)
+        if i.study_uid in attempted
+    )  # fmt: skip
+    result.duplicated = max(result.duplicated, sum(1 for c in after.values() if c > 1))
     return result

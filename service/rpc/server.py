@@ -60,7 +60,8 @@ from service.stages.batcher import MicroBatcher
 from service.stages.decode_pool import DecodePool, InProcessDecoder, make_decoder
 from service.stages.policy import PolicySource, policy_source
 from service.stages.routing import Router, make_router, parse_routing
-from service.worklist.store import SqliteWorklistStore, WorklistStore
+from service.worklist.open import open_store
+from service.worklist.store import WorklistStore
 from triage_common.heap import release_free_memory
 from triage_common.logging import get_logger
 
@@ -385,8 +386,8 @@ def create_server(
         except ValueError as exc:
             raise ConfigError(f"invalid configuration:\n  routing.rules: {exc}") from exc
         router = make_router(table)
-    if store is None and config.worklist.path:
-        store = SqliteWorklistStore(Path(config.worklist.path))
+    if store is None:
+        store = open_store(config.worklist)
     if store is None:
         log.warning("worklist_off", detail="worklist.path is empty: results are not stored")
     else:

@@ -2,17 +2,16 @@
 
 List (filters; by priority, then age), Claim, Release, Complete and Amend (final labels: a value
 for every label of the item's result, or ``not_assessed``), History (an item's audit entries)
-and Watch (a server stream of changes, polled from the store's audit log so every replica's
-changes show). Each event carries the item as it was right after that change (the snapshot the
-store wrote with the audit entry, in the same transaction), in audit order; ``after_seq``
-resumes a stream after the last event a client saw, across server restarts, without gaps or
-repeats. Store exceptions become gRPC statuses at the service's one boundary
-(``service.rpc.status``).
+and Watch (a server stream of changes, read from the store's audit log so every replica's
+changes show; between reads it waits on the store: PostgreSQL wakes it on NOTIFY). Each
+event carries the item as it was right after that change (the snapshot the store wrote with
+the audit entry, in the same transaction), in audit order; ``after_seq`` resumes a stream after
+the last event a client saw, across server restarts, without gaps or repeats. Store exceptions
+become gRPC statuses at the service's one boundary (``service.rpc.status``).
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 from typing import Any, TypeVar
@@ -195,7 +194,7 @@ class WorklistServicer(worklist_pb2_grpc.WorklistServicer):
                     continue
                 yield event_to_proto(event)
             if not events:
-                time.sleep(self.poll_seconds)
+                _guard(context, partial(self.store.wait_for_events, seq, self.poll_seconds))
 
 
 def add_to_server(store: WorklistStore, server: grpc.Server, **kwargs: Any) -> WorklistServicer:

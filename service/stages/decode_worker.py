@@ -59,6 +59,8 @@ RETAINED_BYTES = 64 << 20
 #: Resident memory above the worker's idle figure past which freed memory is returned at once
 #: (above what it retains on purpose).
 TRIM_ABOVE_BASELINE = RETAINED_BYTES + (64 << 20)
+#: A worker idle this long returns everything it kept (as the server does after its calls stop).
+IDLE_TRIM_SECONDS = 5.0
 #: Bytes at the start of the output arena: the current instance index (int64; -1: none).
 OUT_HEADER = 64
 
@@ -177,7 +179,11 @@ def serve(conn: Connection, settings: WorkerSettings, in_size: int, out_size: in
     arena = _map(conn, in_size)
     out = _map(conn, out_size)
     baseline = rss_bytes()
+    trimmed = True
     while True:
+        if not trimmed and not conn.poll(IDLE_TRIM_SECONDS):
+            release_free_memory()  # idle: what it kept for the next study goes back as well
+            trimmed = True
         try:
             task = conn.recv()
         except (EOFError, OSError):
@@ -192,4 +198,5 @@ def serve(conn: Connection, settings: WorkerSettings, in_size: int, out_size: in
         signal.setitimer(signal.ITIMER_REAL, 0.0)
         if rss_bytes() > baseline + TRIM_ABOVE_BASELINE:
             release_free_memory()  # a large study's buffers go back to the system
+        trimmed = False
         conn.send((*reply, rss_bytes()))

@@ -259,7 +259,10 @@ class Recorded:
 
 
 class WorklistStore(Protocol):
-    """What the service needs from a worklist database (SQLite here; others may follow)."""
+    """What the service needs from a worklist database (SQLite here; PostgreSQL in
+    :mod:`service.worklist.postgres`)."""
+
+    schema_version: int
 
     def record(
         self, triaged: Triaged, encode: Encoder, objects: Objects | None = None
@@ -295,6 +298,8 @@ class WorklistStore(Protocol):
     def events_since(self, seq: int, limit: int = 500) -> list[Event]: ...
 
     def latest_seq(self) -> int: ...
+
+    def wait_for_events(self, after_seq: int, timeout: float) -> bool: ...
 
     def result_objects(self, result_id: int) -> list[StoredObject]: ...
 
@@ -775,6 +780,12 @@ class SqliteWorklistStore:
         """The newest audit entry's number (0 when there is none): where a new Watch starts."""
         row = self._db().execute("SELECT COALESCE(MAX(seq), 0) FROM audit").fetchone()
         return int(row[0])
+
+    def wait_for_events(self, after_seq: int, timeout: float) -> bool:
+        """Wait ``timeout`` seconds (Watch's poll interval); True if entries after ``after_seq``
+        exist then. (PostgreSQL's store wakes early on NOTIFY.)"""
+        time.sleep(timeout)
+        return self.latest_seq() > after_seq
 
     # -- DICOM objects and the outbox -------------------------------------------------------
 

@@ -4,7 +4,10 @@
 2. ``triage bench model``: full DenseNet-121 bundle vs plain ONNX classifier vs eager + Grad-CAM.
 3. ``triage bench serve``: end-to-end gRPC studies/s and latency at concurrency 1, 8, 32 for
    uncompressed and JPEG 2000 RG1, beside model-only throughput, on a full-size 224 px bundle.
-4. ``triage bench durability``: SIGKILL mid-stream rounds on a compact bundle.
+4. ``triage bench durability``: SIGKILL mid-stream rounds on a compact bundle (SQLite), then
+   three replicas sharing a throwaway PostgreSQL, one SIGKILLed per round (20 rounds).
+5. ``triage bench dicom``: studies/s through the Storage SCP beside gRPC, results to a storescp.
+6. ``triage bench worklist``: results written and claims per second, SQLite and PostgreSQL.
 
 Comparisons are ratios measured within one run (these machines vary 10-30% between runs).
 """
@@ -24,14 +27,18 @@ from tests.helpers.bundle_factory import build_bundle_subprocess  # noqa: E402
 OUT = ROOT / "bench-results"
 
 
-def triage(*args: str) -> int:
-    """Run one ``triage`` command in a child process, streaming its output."""
+def triage(*args: str, postgres: bool = False) -> int:
+    """Run one ``triage`` command in a child process, streaming its output; with ``postgres``
+    against a throwaway PostgreSQL (fsync on) whose URL it gets as TRIAGE_WORKLIST__URL."""
     print(f"\n$ triage {' '.join(args)}", flush=True)
-    return subprocess.call([sys.executable, "-m", "triage_tools.cli", *args], cwd=ROOT)
+    command = [sys.executable, "-m", "triage_tools.cli", *args]
+    if postgres:
+        command = [sys.executable, "-m", "tests.helpers.postgres", "--durable", "--", *command]
+    return subprocess.call(command, cwd=ROOT)
 
 
 def main() -> int:
-    """Run the four benchmarks; exit status 1 if any failed."""
+    """Run the benchmarks; exit status 1 if any failed."""
     OUT.mkdir(exist_ok=True)
     codes = [
         triage("bench", "synth", "--studies", "100", "--size", "512"),
@@ -55,6 +62,34 @@ def main() -> int:
                 str(OUT / "durability.json"),
             )
         )
+        codes.append(
+            triage(
+                "bench",
+                "durability",
+                "--bundle",
+                str(compact),
+                "--replicas",
+                "3",
+                "--rounds",
+                "20",
+                "--json",
+                str(OUT / "durability-postgres.json"),
+                postgres=True,
+            )
+        )
+        codes.append(
+            triage(
+                "bench",
+                "dicom",
+                "--bundle",
+                str(compact),
+                "--studies",
+                "16",
+                "--out",
+                str(OUT / "dicom.json"),
+            )
+        )
+        codes.append(triage("bench", "worklist", "--studies", "1000", postgres=True))
     return 1 if any(codes) else 0
 
 

@@ -25,9 +25,9 @@ MANIFESTS = ROOT / "deploy" / "kubernetes"
 #: The oldest Kubernetes minor these manifests are written for (autoscaling/v2, policy/v1,
 #: appProtocol and the probes' fields are all older).
 KUBERNETES = "1.29"
-#: Keys the manifests set that the service does not have yet: ``worklist.url`` arrives with
-#: issue 18's PostgreSQL worklist backend (its Secret is referenced already).
-PENDING_KEYS = {"TRIAGE_WORKLIST__URL"}
+#: Keys the manifests set that the service does not have yet (none: ``worklist.url``, the
+#: PostgreSQL worklist from its Secret, is a configuration key now).
+PENDING_KEYS: set[str] = set()
 
 
 def _documents() -> list[tuple[str, dict[str, Any]]]:

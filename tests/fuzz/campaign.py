@@ -280,6 +280,9 @@ def fuzz(args: argparse.Namespace, work: Path) -> tuple[Tally, dict[str, Any], l
     for status, inputs in sorted(worst.items()):
         if status != "SLOW":
             ordered += inputs[: max(1, args.grpc // max(1, len(worst)))]
+    chosen = {id(data) for data in ordered}
+    spare = [d for _, inputs in sorted(worst.items()) for d in inputs if id(d) not in chosen]
+    ordered += spare[: max(0, args.grpc - len(ordered))]  # fill up to --grpc with the rest
     return tally, report, ordered[: args.grpc]
 
 

@@ -34,6 +34,7 @@ import numpy as np
 
 from service.bundle import Bundle
 from triage_common.console import print_table, track, write_json
+from triage_common.evaluation import PERMUTATION_BLOCK, similar_probability_permutation
 from triage_common.policy_format import Recalibration
 from triage_tools.calibration import evaluate as ev
 from triage_tools.calibration.calibrate import CalibrationSet
@@ -115,14 +116,14 @@ def permuted_scores(
     bundle: Bundle, cal: CalibrationSet, draws: int, seed: int
 ) -> np.ndarray[Any, np.dtype[np.float64]]:
     """The Grad-CAM error model's P(error) averaged over ``draws`` similar-probability
-    permutations of the maps (:func:`ev.similar_probability_permutation`)."""
+    permutations of the maps (:func:`triage_common.evaluation.similar_probability_permutation`)."""
     from triage_tools.calibration.served import error_head_scores
 
     assert cal.cams is not None
     rng = np.random.default_rng(seed)
     total = np.zeros(len(cal))
     for _ in range(draws):
-        perm = ev.similar_probability_permutation(cal.probabilities, cal.thresholds, rng)
+        perm = similar_probability_permutation(cal.probabilities, cal.thresholds, rng)
         total += error_head_scores(bundle, cal.probabilities, cal.cams[perm])
     averaged: np.ndarray[Any, np.dtype[np.float64]] = total / draws
     return averaged
@@ -494,7 +495,7 @@ def run(args: argparse.Namespace) -> int:
         },
         "permutation": {
             "draws": args.permutations if "p_error_gradcam_permuted" in cal.extra else 0,
-            "block": ev.PERMUTATION_BLOCK,
+            "block": PERMUTATION_BLOCK,
             "rule": "maps shuffled within blocks of studies with the same predicted findings, "
             "sorted by summed logits; P(error) averaged over the draws",
         },

@@ -13,7 +13,8 @@ hashed. Radiologists' reads thereby feed the next calibration.
 
 ``outbox --db worklist.db`` lists the DICOM outbox (each result object and destination: state,
 attempts, when it is due, the last error) and a summary per destination, read from the worklist
-database (read-only; the same file the server's ``worklist.path`` names).
+database (read-only; the same file the server's ``worklist.path`` names), or with ``--url`` (or
+``$TRIAGE_WORKLIST__URL``) from the PostgreSQL worklist the replicas share.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -91,7 +93,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     export.add_argument("--worklist", default="", help="one worklist (default: all)")
     outbox = sub.add_parser("outbox", help="the DICOM result objects queued, sent or failed")
-    outbox.add_argument("--db", type=Path, required=True, help="the worklist database file")
+    outbox.add_argument("--db", type=Path, default=None, help="the worklist database file")
+    outbox.add_argument(
+        "--url", default=None,
+        help="the PostgreSQL worklist (postgresql://...; default $TRIAGE_WORKLIST__URL)",
+    )  # fmt: skip
     outbox.add_argument(
         "--state", action="append", choices=OUTBOX_STATES, help="QUEUED, SENT or FAILED; repeatable"
     )
@@ -288,21 +294,34 @@ def _outbox(args: argparse.Namespace) -> int:
     """``outbox``: rows and per-destination totals from the database file."""
     import sqlite3
 
-    from service.worklist.store import SqliteWorklistStore
+    from service.worklist.open import is_postgres_url, open_worklist
+    from service.worklist.store import SqliteWorklistStore, WorklistStore
     from triage_common.console import print_table
 
-    if not args.db.is_file():
+    url = args.url
+    if url is None:  # the environment's URL only when no file is named
+        url = "" if args.db is not None else os.environ.get("TRIAGE_WORKLIST__URL", "")
+    if url and not is_postgres_url(url):
+        print(f"{PROG} outbox: --url must be a postgresql:// URL", file=sys.stderr)
+        return 2
+    if not url and args.db is None:
+        print(f"{PROG} outbox: give --db FILE or --url postgresql://...", file=sys.stderr)
+        return 2
+    if not url and not args.db.is_file():
         print(f"{PROG} outbox: --db {args.db}: no such file", file=sys.stderr)
         return 2
+    where = "--url" if url else f"--db {args.db}"
     try:
-        store = SqliteWorklistStore(args.db)
+        opened = open_worklist(url=url) if url else SqliteWorklistStore(args.db)
+        assert opened is not None
+        store: WorklistStore = opened
         rows = store.list_outbox(
             tuple(args.state or OUTBOX_STATES), args.destination, max(1, args.limit)
         )
         stats = store.outbox_stats()
         store.close()
     except (sqlite3.Error, ValueError) as exc:
-        print(f"{PROG} outbox: --db {args.db}: {exc}", file=sys.stderr)
+        print(f"{PROG} outbox: {where}: {exc}", file=sys.stderr)
         return 2
     records = [
         {

@@ -13,7 +13,8 @@ For one group of studies (all, one site, the held-out sites...) :func:`group_met
   Scores (:data:`METHOD_ORDER`, those the data allow): the served error model (raw P(error);
   recalibration is monotone, so rankings are those of the raw output), and from the bundle's
   evaluation graph on the same images the Grad-CAM error model, the same model with its maps
-  permuted among studies of similar probabilities (:func:`similar_probability_permutation`),
+  permuted among studies of similar probabilities
+  (:func:`triage_common.evaluation.similar_probability_permutation`),
   the probabilities-only network of the same head and the image-only direct (DUP-style)
   predictor; softmax response, entropy, the CAM concentration scores of seed 003's hypothesis
   (a spread-out map means an error: normalised map entropy, minus the share of mass in the
@@ -93,7 +94,6 @@ PAIRS = (
 #: Age bands of the subgroup tables (years, upper bound exclusive).
 AGE_BANDS = ((0, 40, "<40"), (40, 65, "40-64"), (65, 200, "65+"))
 #: Studies per block of the similar-probability permutation.
-PERMUTATION_BLOCK = 10
 
 
 @dataclass(frozen=True)
@@ -135,26 +135,6 @@ def cam_concentration(cams: npt.NDArray[np.float32]) -> dict[str, F64]:
     k = max(1, round(0.05 * cells))
     top = np.sort(q, axis=-1)[..., -k:].sum(axis=-1)
     return {"cam_entropy": ent.mean(axis=1), "cam_top5": -top.mean(axis=1)}
-
-
-def similar_probability_permutation(
-    probabilities: F64, thresholds: F64, rng: np.random.Generator, block: int = PERMUTATION_BLOCK
-) -> npt.NDArray[np.int64]:
-    """A permutation that moves each study's maps to a study with similar probabilities: studies
-    with the same predicted findings, sorted by their summed logits, are shuffled within
-    consecutive blocks of ``block``. What the maps add beyond the probabilities is what the
-    Grad-CAM error model loses when fed these maps."""
-    p = np.clip(np.asarray(probabilities, dtype=np.float64), 1e-6, 1 - 1e-6)
-    pattern = (p >= thresholds[None, :]).astype(np.int64) @ (2 ** np.arange(p.shape[1]))
-    key = np.log(p / (1 - p)).sum(axis=1)
-    perm = np.arange(len(p), dtype=np.int64)
-    for value in np.unique(pattern):
-        rows = np.flatnonzero(pattern == value)
-        rows = rows[np.argsort(key[rows], kind="mergesort")]
-        for start in range(0, len(rows), block):
-            chunk = rows[start : start + block]
-            perm[chunk] = rng.permutation(chunk)
-    return perm
 
 
 def auto_reported(cal: CalibrationSet, policy: PolicyView) -> npt.NDArray[np.bool_]:

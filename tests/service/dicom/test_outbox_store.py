@@ -1,8 +1,7 @@
-"""The outbox in the worklist store: written with the result, leased, retried, marked, pruned."""
+"""The outbox in the worklist store (SQLite and PostgreSQL, the same assertions): written with
+the result, leased, retried, marked, pruned."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import pytest
 
@@ -16,9 +15,10 @@ from service.worklist.store import (
     STATES,
     NewObject,
     Placement,
-    SqliteWorklistStore,
     Triaged,
+    WorklistStore,
 )
+from tests.helpers.worklist_stores import StoreFactory
 
 
 class Clock:
@@ -60,12 +60,12 @@ def fixture_clock() -> Clock:
 
 
 @pytest.fixture(name="store")
-def fixture_store(tmp_path: Path, clock: Clock) -> SqliteWorklistStore:
-    """A fresh store on a file."""
-    return SqliteWorklistStore(tmp_path / "w.db", clock=clock)
+def fixture_store(store_factory: StoreFactory, clock: Clock) -> WorklistStore:
+    """A fresh store (an SQLite file, or a PostgreSQL database) on a hand clock."""
+    return store_factory.open(clock=clock)
 
 
-def test_objects_and_rows_are_written_with_the_result_once(store: SqliteWorklistStore) -> None:
+def test_objects_and_rows_are_written_with_the_result_once(store: WorklistStore) -> None:
     """A recorded result gets its objects and one row per object and destination; a replay
     writes none; the placement the objects are built for is the stored one."""
     seen: list[Placement] = []
@@ -88,7 +88,7 @@ def test_objects_and_rows_are_written_with_the_result_once(store: SqliteWorklist
     assert [(o.kind, o.data) for o in stored] == [("SR", b"sr-bytes"), ("SEG", b"seg-bytes")]
 
 
-def test_a_failing_object_build_records_nothing(store: SqliteWorklistStore) -> None:
+def test_a_failing_object_build_records_nothing(store: WorklistStore) -> None:
     """The result, its item, its audit and its outbox rows commit together or not at all."""
 
     def broken(placement: Placement) -> list[NewObject]:
@@ -100,7 +100,7 @@ def test_a_failing_object_build_records_nothing(store: SqliteWorklistStore) -> N
     assert store.list_outbox() == [] and store.latest_seq() == 0
 
 
-def test_leases_retries_and_marks(store: SqliteWorklistStore, clock: Clock) -> None:
+def test_leases_retries_and_marks(store: WorklistStore, clock: Clock) -> None:
     """A leased row is invisible to other senders until its lease expires; a failed attempt
     makes it due later; SENT is final; only the holder may mark; a give-up is FAILED."""
     store.record(_triaged("s1"), lambda p: b"r", lambda p: _objects("a", ("pacs",)))
@@ -126,7 +126,7 @@ def test_leases_retries_and_marks(store: SqliteWorklistStore, clock: Clock) -> N
 
 
 def test_sent_objects_are_pruned_once_every_destination_has_them(
-    store: SqliteWorklistStore,
+    store: WorklistStore,
 ) -> None:
     """An object's bytes go once all its rows are SENT (unless kept); stats follow the rows."""
     recorded = store.record(_triaged("s1"), lambda p: b"r", lambda p: _objects("a"))

@@ -1,4 +1,6 @@
-"""The SQLite worklist: replay or re-triage, placement rules, reads, audit snapshots, restarts."""
+"""The worklist store on both backends (SQLite, PostgreSQL: the same assertions): replay or
+re-triage, placement rules, reads, audit snapshots, restarts; SQLite's own file settings and
+migrations."""
 
 from __future__ import annotations
 
@@ -26,7 +28,9 @@ from service.worklist.store import (
     Placement,
     SqliteWorklistStore,
     Triaged,
+    WorklistStore,
 )
+from tests.helpers.worklist_stores import StoreFactory
 
 LABELS = ("Cardiomegaly", "Edema", "Pleural Effusion", "Pneumothorax")
 ALL_ABSENT: dict[str, bool | None] = dict.fromkeys(LABELS, False)
@@ -93,19 +97,19 @@ def fixture_clock() -> FakeClock:
 
 
 @pytest.fixture(name="store")
-def fixture_store(tmp_path: Path, clock: FakeClock) -> SqliteWorklistStore:
-    """An empty worklist database in a temporary folder."""
-    return SqliteWorklistStore(tmp_path / "worklist.db", clock=clock)
+def fixture_store(store_factory: StoreFactory, clock: FakeClock) -> WorklistStore:
+    """An empty worklist database (an SQLite file, or a PostgreSQL database) on a hand clock."""
+    return store_factory.open(clock=clock)
 
 
-def test_store_uses_wal_and_full_sync(store: SqliteWorklistStore) -> None:
-    """The database runs in WAL mode with synchronous FULL, so commits are durable."""
-    db = store._db()
+def test_store_uses_wal_and_full_sync(tmp_path: Path) -> None:
+    """The SQLite database runs in WAL mode with synchronous FULL, so commits are durable."""
+    db = SqliteWorklistStore(tmp_path / "worklist.db")._db()
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
 
 
-def test_same_decision_inputs_replay_the_stored_result(store: SqliteWorklistStore) -> None:
+def test_same_decision_inputs_replay_the_stored_result(store: WorklistStore) -> None:
     """The same study, bundle, policy and cost again returns the stored bytes and writes nothing."""
     first = store.record(triaged(), result(b"r1"))
     seq = store.latest_seq()
@@ -116,7 +120,7 @@ def test_same_decision_inputs_replay_the_stored_result(store: SqliteWorklistStor
     assert len(store.list_items(states=STATES)) == 1
 
 
-def test_another_cost_re_decides_and_audits_both(store: SqliteWorklistStore) -> None:
+def test_another_cost_re_decides_and_audits_both(store: WorklistStore) -> None:
     """A resend with another defer cost is recorded as a re-triage, not answered from storage."""
     first = store.record(triaged(cost=0.99, decision=Decision.AUTO_REPORT), result(b"auto"))
     second = store.record(triaged(cost=0.01, decision=Decision.DEFER), result(b"defer"))
@@ -130,13 +134,13 @@ def test_another_cost_re_decides_and_audits_both(store: SqliteWorklistStore) -> 
     assert store.record(triaged(cost=0.01), result(b"x")).result == b"defer"
 
 
-def test_another_policy_version_re_decides(store: SqliteWorklistStore) -> None:
+def test_another_policy_version_re_decides(store: WorklistStore) -> None:
     """A result decided under a newly loaded policy is a re-triage, not a replay."""
     store.record(triaged(policy="p1"), result(b"p1"))
     assert store.record(triaged(policy="p2"), result(b"p2")).outcome == REQUEUED
 
 
-def test_new_bundle_supersedes_a_queued_item(store: SqliteWorklistStore) -> None:
+def test_new_bundle_supersedes_a_queued_item(store: WorklistStore) -> None:
     """Re-triage of a QUEUED item with another bundle queues a new item and supersedes the old."""
     old = store.record(triaged(), result(b"r1")).item
     new = store.record(triaged(bundle="bundleB"), result(b"r2"))
@@ -147,7 +151,7 @@ def test_new_bundle_supersedes_a_queued_item(store: SqliteWorklistStore) -> None
     assert [i.item_id for i in store.list_items()] == [new.item.item_id]
 
 
-def test_retriage_keeps_a_claimed_item_with_its_reader(store: SqliteWorklistStore) -> None:
+def test_retriage_keeps_a_claimed_item_with_its_reader(store: WorklistStore) -> None:
     """A claimed item stays CLAIMED by its reader with the new result; the reader completes it."""
     item = store.record(triaged(), result(b"old")).item
     store.claim("dr-a", item.item_id)
@@ -165,7 +169,7 @@ def test_retriage_keeps_a_claimed_item_with_its_reader(store: SqliteWorklistStor
     assert done.state == COMPLETED
 
 
-def test_completed_item_is_never_queued_again(store: SqliteWorklistStore) -> None:
+def test_completed_item_is_never_queued_again(store: WorklistStore) -> None:
     """A completed study re-triaged keeps its read; the new result is its latest, flagged."""
     item = store.record(triaged(), result(b"read-against")).item
     store.claim("dr-a", item.item_id)
@@ -185,7 +189,7 @@ def test_completed_item_is_never_queued_again(store: SqliteWorklistStore) -> Non
 
 
 def test_unchanged_retriage_of_a_completed_item_raises_no_flag(
-    store: SqliteWorklistStore,
+    store: WorklistStore,
 ) -> None:
     """A new bundle that agrees with the read result (decision, findings) flags nothing."""
     item = store.record(triaged(), result(b"a")).item
@@ -195,7 +199,7 @@ def test_unchanged_retriage_of_a_completed_item_raises_no_flag(
     assert not again.item.needs_review and again.item.latest_result == b"b"
 
 
-def test_priority_never_drops_on_retriage(store: SqliteWorklistStore) -> None:
+def test_priority_never_drops_on_retriage(store: WorklistStore) -> None:
     """A re-triage routed ROUTINE gets the STAT the study had, in the item and the placement."""
     store.record(triaged(priority=Priority.STAT, present=("Pneumothorax",)), result(b"stat"))
     placements = Placements(b"routine")
@@ -206,7 +210,7 @@ def test_priority_never_drops_on_retriage(store: SqliteWorklistStore) -> None:
     assert third.item.priority == Priority.STAT
 
 
-def test_list_orders_by_priority_then_age(store: SqliteWorklistStore, clock: FakeClock) -> None:
+def test_list_orders_by_priority_then_age(store: WorklistStore, clock: FakeClock) -> None:
     """List puts STAT before ROUTINE, and older before newer within a priority."""
     for i, priority in enumerate(
         [Priority.ROUTINE, Priority.STAT, Priority.ROUTINE, Priority.URGENT]
@@ -217,7 +221,7 @@ def test_list_orders_by_priority_then_age(store: SqliteWorklistStore, clock: Fak
     assert order == ["1.1", "1.3", "1.0", "1.2"]
 
 
-def test_claim_complete_flow_with_audit(store: SqliteWorklistStore) -> None:
+def test_claim_complete_flow_with_audit(store: WorklistStore) -> None:
     """Claim then complete records the final labels and every state change with its actor."""
     item = store.record(triaged(), result(b"")).item
     claimed = store.claim("dr-a", worklist="radiologist")
@@ -236,7 +240,7 @@ def test_claim_complete_flow_with_audit(store: SqliteWorklistStore) -> None:
     assert json.loads(history[-1].detail)["Cardiomegaly"] is None  # not assessed, stored so
 
 
-def test_complete_needs_every_label_and_no_unknown_one(store: SqliteWorklistStore) -> None:
+def test_complete_needs_every_label_and_no_unknown_one(store: WorklistStore) -> None:
     """A read naming an unknown label, or leaving one out, is refused naming the labels."""
     item = store.record(triaged(), result(b"")).item
     store.claim("dr-a", item.item_id)
@@ -249,7 +253,7 @@ def test_complete_needs_every_label_and_no_unknown_one(store: SqliteWorklistStor
     assert store.get(item.item_id).state == CLAIMED  # nothing was stored
 
 
-def test_amend_corrects_a_read_audited_and_clears_review(store: SqliteWorklistStore) -> None:
+def test_amend_corrects_a_read_audited_and_clears_review(store: WorklistStore) -> None:
     """Amend replaces the final labels of a completed item, records both, and clears its flag."""
     item = store.record(triaged(), result(b"")).item
     store.claim("dr-a", item.item_id)
@@ -272,7 +276,7 @@ def test_amend_corrects_a_read_audited_and_clears_review(store: SqliteWorklistSt
         store.amend(queued.item_id, "dr-a", ALL_ABSENT, "too early")
 
 
-def test_audit_entries_carry_the_item_as_it_was(store: SqliteWorklistStore) -> None:
+def test_audit_entries_carry_the_item_as_it_was(store: WorklistStore) -> None:
     """Each audit entry's item is the state right after it, not the item's current state."""
     item = store.record(triaged(), result(b"r")).item
     store.claim("dr-a", item.item_id)
@@ -285,7 +289,7 @@ def test_audit_entries_carry_the_item_as_it_was(store: SqliteWorklistStore) -> N
     assert [e.seq for e in store.events_since(0)] == [e.seq for e in events]
 
 
-def test_expired_lease_returns_item_to_queue(store: SqliteWorklistStore, clock: FakeClock) -> None:
+def test_expired_lease_returns_item_to_queue(store: WorklistStore, clock: FakeClock) -> None:
     """A claim whose lease runs out goes back to QUEUED and can be claimed by someone else."""
     item = store.record(triaged(), result(b"")).item
     store.claim("dr-a", item.item_id, lease_s=60)
@@ -295,7 +299,7 @@ def test_expired_lease_returns_item_to_queue(store: SqliteWorklistStore, clock: 
     assert "lease-expired" in [e.action for e in store.history(item.item_id)]
 
 
-def test_claim_on_empty_worklist_is_not_found(store: SqliteWorklistStore) -> None:
+def test_claim_on_empty_worklist_is_not_found(store: WorklistStore) -> None:
     """Claiming from an empty worklist says so instead of returning nothing."""
     with pytest.raises(NotFound, match="no QUEUED item"):
         store.claim("dr-a", worklist="radiologist")
@@ -303,9 +307,9 @@ def test_claim_on_empty_worklist_is_not_found(store: SqliteWorklistStore) -> Non
         store.history("no-such-item")
 
 
-def test_concurrent_claims_never_share_an_item(tmp_path: Path) -> None:
+def test_concurrent_claims_never_share_an_item(store_factory: StoreFactory) -> None:
     """Sixteen readers claiming at once from separate connections each get a distinct item."""
-    store = SqliteWorklistStore(tmp_path / "w.db")
+    store = store_factory.open()
     for i in range(10):
         store.record(triaged(f"1.{i}", "b"), result(b""))
     got: list[str] = []
@@ -331,15 +335,14 @@ def test_concurrent_claims_never_share_an_item(tmp_path: Path) -> None:
     assert len(failures) == 6
 
 
-def test_everything_survives_a_restart(tmp_path: Path) -> None:
+def test_everything_survives_a_restart(store_factory: StoreFactory) -> None:
     """Items, claims, audit history and the replay key are all there after a reopen."""
-    path = tmp_path / "w.db"
-    store = SqliteWorklistStore(path)
+    store = store_factory.open()
     item = store.record(triaged(priority=Priority.STAT), result(b"result-bytes")).item
     store.claim("dr-a", item.item_id)
     last = store.latest_seq()
     store.close()
-    reopened = SqliteWorklistStore(path)
+    reopened = store_factory.open()
     again = reopened.get(item.item_id)
     assert again.state == CLAIMED and again.result == b"result-bytes"
     assert again.priority == Priority.STAT
@@ -350,7 +353,7 @@ def test_everything_survives_a_restart(tmp_path: Path) -> None:
 
 
 def test_a_schema_1_database_is_migrated_in_place(tmp_path: Path) -> None:
-    """A database of the first schema opens at the current version with its items intact."""
+    """An SQLite database of the first schema opens at the current version with its items intact."""
     path = tmp_path / "old.db"
     db = sqlite3.connect(path, isolation_level=None)
     for statement in MIGRATIONS[0]:
@@ -380,7 +383,7 @@ def test_a_schema_1_database_is_migrated_in_place(tmp_path: Path) -> None:
 
 
 def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
-    """A database written by a newer release is refused rather than guessed at."""
+    """An SQLite database written by a newer release is refused rather than guessed at."""
     path = tmp_path / "new.db"
     SqliteWorklistStore(path).close()
     db = sqlite3.connect(path, isolation_level=None)

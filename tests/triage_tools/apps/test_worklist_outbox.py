@@ -38,3 +38,28 @@ def test_outbox_lists_rows_and_totals(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "0 row(s)" in capsys.readouterr().out
     assert main(["worklist", "outbox", "--db", str(tmp_path / "none.db")]) == 2
     assert "--db" in capsys.readouterr().err
+
+
+def test_outbox_reads_the_postgres_worklist(
+    postgres_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--url`` reads the same rows from the PostgreSQL worklist; a URL of another scheme, or
+    a wrong password, is a one-line refusal (exit 2) without the password."""
+    from service.worklist.postgres import PostgresWorklistStore
+
+    store = PostgresWorklistStore(postgres_url)
+    triaged = Triaged("1.2.3", "b1", "p1", 0.2, Decision.DEFER, "radiologist", Priority.ROUTINE)
+    sr = NewObject("SR", "1.2.840.10008.5.1.4.1.1.88.34", "1.2.3.9", "1.2.840.10008.1.2.1", b"x",
+                   ("pacs",))  # fmt: skip
+    store.record(triaged, lambda p: b"r", lambda p: [sr])
+    store.close()
+    assert main(["worklist", "outbox", "--url", postgres_url, "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)["rows"]
+    assert (row["kind"], row["state"], row["destination"]) == ("SR", "QUEUED", "pacs")
+    assert main(["worklist", "outbox", "--url", "mysql://u:pw@h/db"]) == 2
+    assert "--url must be a postgresql://" in capsys.readouterr().err
+    user, rest = postgres_url.split("://", 1)[1].split(":", 1)
+    wrong = postgres_url.replace(rest.split("@", 1)[0], "not-it-at-all", 1)
+    assert main(["worklist", "outbox", "--url", wrong]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "not-it-at-all" not in err and user in err

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from triage_common.evaluation import summarise_iou
+from triage_common.evaluation import similar_probability_permutation, summarise_iou
 from triage_common.policy_format import Recalibration
 from triage_tools.calibration import evaluate as ev
 from triage_tools.calibration.calibrate import CalibrationSet
@@ -135,7 +135,7 @@ def test_similar_probability_permutation_stays_within_prediction_patterns() -> N
     rng = np.random.default_rng(0)
     probs = rng.uniform(0, 1, (200, 3))
     thresholds = np.array([0.5, 0.4, 0.6])
-    perm = ev.similar_probability_permutation(probs, thresholds, np.random.default_rng(1))
+    perm = similar_probability_permutation(probs, thresholds, np.random.default_rng(1))
     assert sorted(perm.tolist()) == list(range(200))
     pattern = (probs >= thresholds).astype(int) @ np.array([1, 2, 4])
     assert np.array_equal(pattern[perm], pattern)

@@ -1,0 +1,1 @@
+"""Integrations of the triage service with other systems (PACS), outside the serving path."""

@@ -1,0 +1,1 @@
+"""The ``triage orthanc ...`` commands and ``triage bench orthanc``."""
