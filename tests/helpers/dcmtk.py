@@ -107,6 +107,7 @@ class StoreSCP:
     folder: Path
     ae_title: str
     process: subprocess.Popen[bytes] | None = None
+    options: tuple[str, ...] = ()  # more storescp options (e.g. "+tls", KEY, CERT: DICOM TLS)
 
     def received(self) -> list[Path]:
         """Files received so far (one per C-STORE: ``+uf`` names each uniquely)."""
@@ -144,7 +145,7 @@ def storescp(folder: Path, port: int | None = None, ae_title: str = "PACS") -> I
 def start_storescp(scp: StoreSCP) -> subprocess.Popen[bytes]:
     """Start (or restart) ``scp``'s process and wait until it listens."""
     cmd = ["storescp", "--promiscuous", "+xa", "+uf", "-aet", scp.ae_title]
-    cmd += ["-od", str(scp.folder), str(scp.port)]
+    cmd += [*scp.options, "-od", str(scp.folder), str(scp.port)]
     process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     scp.process = process
     wait_port(scp.port)

@@ -13,6 +13,7 @@ from tests.helpers.dcmtk import StoreSCP, free_port, require, start_storescp, st
 from tests.helpers.dcmtk import storescu as send_with_storescu
 from tests.helpers.dicom_factory import rg1_small, to_bytes
 from tests.helpers.dicom_servers import DicomServerFactory, destination
+from tests.helpers.pki import make_pki
 
 pytestmark = pytest.mark.slow
 
@@ -69,3 +70,41 @@ def test_destination_down_then_up_gets_everything_exactly_once(
     assert set(receipts.values()) == {1}
     assert all(r.state == OUTBOX_SENT and r.attempts > DOWN_ATTEMPTS for r in rows)
     assert (stats.queued, stats.sent, stats.failed, stats.oldest_queued) == (0, 12, 0, None)
+
+
+def test_a_tls_destination_gets_the_objects_only_when_its_certificate_is_trusted(
+    dicom_server: DicomServerFactory, tmp_path: Path
+) -> None:
+    """Results go to a dcmtk storescp speaking DICOM over TLS when the destination's tls_ca
+    signed its certificate; a destination trusting another CA gets nothing and its rows stay
+    queued with the failure recorded."""
+    require("storescu", "storescp")
+    (tmp_path / "pki").mkdir()
+    (tmp_path / "other-ca").mkdir()
+    pki, stranger = make_pki(tmp_path / "pki"), make_pki(tmp_path / "other-ca")
+    pacs = StoreSCP(free_port(), tmp_path / "pacs", "PACS")
+    pacs.options = ("+tls", str(pki.server_key), str(pki.server_cert), "-ic")
+    pacs.folder.mkdir()
+    start_storescp(pacs)
+    try:
+        trusted = destination(pacs.port, "pacs", tls=True, tls_ca=str(pki.ca))
+        untrusted = destination(pacs.port, "elsewhere", tls=True, tls_ca=str(stranger.ca))
+        server, port = dicom_server(**{"dicom.destinations": (trusted, untrusted)})
+        sent = send_with_storescu(port, [_study(tmp_path / "s.dcm")])
+        assert sent.returncode == 0, sent.stdout + sent.stderr
+        pacs.wait_for(6, timeout=60)  # SR + 4 SC + SEG over TLS
+        store = SqliteWorklistStore(Path(server.config.worklist.path))
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            rows = store.list_outbox(destination="elsewhere")
+            if len(rows) == 6 and min(r.attempts for r in rows) >= 1:
+                break
+            time.sleep(0.05)
+        sent_rows = store.list_outbox(destination="pacs")
+        store.close()
+    finally:
+        stop_storescp(pacs)
+    assert len(pacs.received()) == 6
+    assert len(rows) == 6 and all(r.state == "QUEUED" and r.attempts >= 1 for r in rows)
+    assert all(r.last_error for r in rows)
+    assert {r.sop_instance_uid for r in sent_rows} == set(pacs.by_uid())
