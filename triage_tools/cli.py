@@ -48,6 +48,11 @@ COMMANDS: tuple[Command, ...] = (
     Command(
         ("train", "error-model"), "models.apps.train_error_model", "train the Grad-CAM error model"
     ),
+    Command(
+        ("train", "autoencoder"),
+        "models.apps.train_autoencoder",
+        "train the autoencoder Latent Shift counterfactuals decode with",
+    ),
     Command(("bench", "synth"), "models.apps.bench_synth", "phantom rendering speed (studies/s)"),
     Command(
         ("bench", "error-levers"),
