@@ -33,6 +33,7 @@ import random
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,6 +98,26 @@ class RoundResult:
     def ok(self) -> bool:
         """No lost, duplicated, half-written or non-replayed result."""
         return not (self.lost or self.duplicated or self.half_written or self.replay_failures)
+
+
+def _lost_and_duplicated(per_study: Counter[str], acked: Iterable[str]) -> tuple[int, int]:
+    """Acknowledged studies with no item, and studies with more than one item."""
+    lost = sum(1 for uid in acked if per_study[uid] == 0)
+    return lost, sum(1 for n in per_study.values() if n > 1)
+
+
+def _whole(item: Any, history: list[Any], *, with_state: bool) -> bool:
+    """The item's result parses and its audit history starts queued and ends at the item as
+    stored (its state too when ``with_state``): otherwise it is half-written."""
+    try:
+        triage_pb2.TriageResult.FromString(item.result)
+    except Exception:  # a result that does not parse is half-written
+        return False
+    last = history[-1].item if history else None
+    if not history or history[0].action != "queued" or last is None:
+        return False
+    same = last.result == item.result and last.priority == item.priority
+    return same and (not with_state or last.state == item.state)
 
 
 def _serve(bundle: Path, db: Path) -> ServeProcess:
@@ -164,22 +185,9 @@ def run_round(
         per_study = Counter(item.study_uid for item in items)
         acked_set = set(acked)
         result.acknowledged, result.attempted = len(acked_set), len(set(attempted))
-        result.lost = sum(1 for uid in acked_set if per_study[uid] == 0)
-        result.duplicated = sum(1 for n in per_study.values() if n > 1)
+        result.lost, result.duplicated = _lost_and_duplicated(per_study, acked_set)
         for item in items:
-            history = store.history(item.item_id)
-            last = history[-1].item if history else None
-            try:
-                triage_pb2.TriageResult.FromString(item.result)
-                whole = (
-                    history[0].action == "queued"
-                    and last is not None
-                    and (last.state, last.priority, last.result)
-                    == (item.state, item.priority, item.result)
-                )
-            except Exception:  # a result that does not parse is half-written
-                whole = False
-            result.half_written += not whole
+            result.half_written += not _whole(item, store.history(item.item_id), with_state=True)
         result.unacknowledged_but_stored = sum(1 for uid in per_study if uid not in acked_set)
         store.close()
         # Re-sending acknowledged studies replays them and adds nothing.
@@ -432,21 +440,11 @@ def run_replica_round(
         i for i in store.list_items(states=STATES, limit=1_000_000) if i.study_uid in attempted
     ]
     per_study = Counter(item.study_uid for item in items)
-    result.lost = sum(1 for uid in acked if per_study[uid] == 0)
-    result.duplicated = sum(1 for count in per_study.values() if count > 1)
+    result.lost, result.duplicated = _lost_and_duplicated(per_study, acked)
     for item in items:
         history = store.history(item.item_id)
-        last = history[-1].item if history else None
-        try:
-            triage_pb2.TriageResult.FromString(item.result)
-            whole = (
-                history[0].action == "queued"
-                and last is not None
-                and (last.result == item.result and last.priority == item.priority)
-            )
-        except Exception:  # a result that does not parse is half-written
-            whole = False
-        result.half_written += not whole
+        # readers claim and complete meanwhile: the state may have moved on, the result not
+        result.half_written += not _whole(item, history, with_state=False)
         result.double_claims += _history_double_claims(history)
     result.double_claims += _interval_overlaps(claims)
     for item_id, _ in abandoned:

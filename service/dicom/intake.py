@@ -11,7 +11,8 @@ triaged from (instances that arrived meanwhile stay for the next round).
 A failure is an outcome (:data:`service.dicom.status.TRIAGE_OUTCOMES`), counted and logged with
 the hashed study UID: a study that is not an eligible frontal chest radiograph (a CT, a lateral)
 was stored successfully and produces no result; a passing failure (overload, the model not
-loaded yet) keeps the study and tries again after ``dicom.retry_seconds``; so does an unexpected
+loaded yet) keeps the study and tries again after ``dicom.retry_seconds`` (while the model is
+still loading nothing is scheduled at all); so does an unexpected
 failure, at most ``dicom.max_failed_attempts`` times, after which the study's files move to the
 spool's ``quarantine/`` folder (an acknowledged study is never deleted untriaged unless it is
 not eligible or not decodable). At start-up every
@@ -176,6 +177,8 @@ class Intake:
 
     def _schedule(self) -> None:
         while not self._stop.wait(TICK_SECONDS):
+            if self._pipeline() is None:  # the model is still loading: nothing can run yet
+                continue
             now = self._clock()
             with self._lock:
                 due = [s for s in self._open.values() if self._due(s, now)]
