@@ -14,10 +14,15 @@ messages only: nothing here imports gRPC.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from service._proto.triage.v1 import triage_pb2
+from service.core.enums import Decision
 from service.core.types import StudyResult
+from service.worklist.explanations import ExplainRequest
 from service.worklist.store import REPLAYED, Objects, Placement, Triaged, WorklistStore
 
 
@@ -69,6 +74,33 @@ def to_proto(result: StudyResult) -> triage_pb2.TriageResult:
     )
 
 
+def explain_request(
+    result: StudyResult,
+    max_findings: int,
+    source_header: bytes = b"",
+    destinations: Sequence[str] = (),
+) -> ExplainRequest | None:
+    """The counterfactual job of a deferred result (None: not deferred, or ``max_findings`` 0).
+
+    The findings explained are the present ones, most probable first, at most
+    ``max_findings``; a deferred study with none present gets its most probable finding. The
+    source header travels only with destinations for the Secondary Capture."""
+    if max_findings <= 0 or result.decision is not Decision.DEFER or result.model_input is None:
+        return None
+    if not result.findings:
+        return None
+    ranked = sorted(result.findings, key=lambda f: -f.probability)
+    chosen = [f for f in ranked if f.present][:max_findings] or ranked[:1]
+    image = np.ascontiguousarray(result.model_input, dtype=np.float32)
+    return ExplainRequest(
+        model_input=image.tobytes(),
+        size=int(image.shape[-1]),
+        labels=tuple(f.label for f in chosen),
+        source_header=source_header if destinations else b"",
+        destinations=tuple(destinations),
+    )
+
+
 def cost_set_by(result: StudyResult, from_request: bool) -> str:
     """Who chose the defer cost: ``request``, ``policy <id>`` or ``deployment``."""
     if from_request:
@@ -100,12 +132,14 @@ def commit_result(
     caller: str,
     cost_from_request: bool,
     objects: Objects | None = None,
+    explain: ExplainRequest | None = None,
 ) -> Committed:
     """Store ``result`` (wire form ``reply``) with its worklist item and ``objects``.
 
     The message is acknowledged to a client only after this returns (the transaction is on
     disk). A resend with the same decision inputs (bundle, policy, cost) returns the stored
-    result marked ``replayed`` and writes nothing, objects included.
+    result marked ``replayed`` and writes nothing, objects included. ``explain``
+    (:func:`explain_request`) queues the result's counterfactual job in the same transaction.
     """
     reply.caller = caller
     reply.defer_cost_set_by = cost_set_by(result, cost_from_request)
@@ -131,6 +165,7 @@ def commit_result(
             findings_present=tuple(f.label for f in result.findings if f.present),
             cost_set_by=reply.defer_cost_set_by,
             caller=reply.caller,
+            explain=explain,
         ),
         encode,
         objects,

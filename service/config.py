@@ -824,6 +824,27 @@ class LoggingConfig:
 
 
 @dataclass(frozen=True)
+class ExplainConfig:
+    """Counterfactual explanations of deferred studies (made off the request path)."""
+
+    enabled: bool = knob(
+        False,
+        "Queue a Latent Shift counterfactual job for every deferred result, in the result's "
+        "own transaction: the model input the classifier read (4 x S^2 bytes) and the findings "
+        "to explain, plus the source header where a destination takes Secondary Captures. The "
+        "separate `triage explain-worker` process (train extra) makes them; clients fetch them "
+        "with `Worklist.GetExplanation`. Nothing waits for it: triage is the same with or "
+        "without a worker.",
+    )
+    max_findings: int = knob(
+        2,
+        "Findings explained per deferred study: the present ones, most probable first; a study "
+        "with none present gets its most probable finding.",
+        between(1, 64),
+    )
+
+
+@dataclass(frozen=True)
 class ServiceConfig:
     """The whole configuration of ``triage serve``."""
 
@@ -843,6 +864,7 @@ class ServiceConfig:
     worklist: WorklistConfig = field(default_factory=WorklistConfig)
     routing: RoutingConfig = field(default_factory=RoutingConfig)
     dicom: DicomConfig = field(default_factory=DicomConfig)
+    explain: ExplainConfig = field(default_factory=ExplainConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
 

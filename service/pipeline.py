@@ -246,6 +246,7 @@ class TriagePipeline:
             calling_ae_title=options.calling_ae_title,
             modality=chosen.modality,
             site=chosen.institution,
+            model_input=prepared.image,
         )
 
     def _findings(self, output: ModelOutput, display: F32 | None) -> tuple[FindingResult, ...]:

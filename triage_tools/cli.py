@@ -53,6 +53,21 @@ COMMANDS: tuple[Command, ...] = (
         "models.apps.train_autoencoder",
         "train the autoencoder Latent Shift counterfactuals decode with",
     ),
+    Command(
+        ("evaluate-explanations",),
+        "explainer.apps.evaluate_explanations",
+        "Latent Shift counterfactuals beside Grad-CAM: localisation, faithfulness, shortcut, TP/FP",
+    ),
+    Command(
+        ("explain",),
+        "explainer.apps.explain",
+        "Latent Shift counterfactuals (GIF, PNG strip) of DICOM studies",
+    ),
+    Command(
+        ("explain-worker",),
+        "explainer.apps.explain_worker",
+        "make the counterfactuals the server queues with deferred items",
+    ),
     Command(("bench", "synth"), "models.apps.bench_synth", "phantom rendering speed (studies/s)"),
     Command(
         ("bench", "error-levers"),

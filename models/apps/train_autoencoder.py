@@ -27,6 +27,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="share of patients held out for the reconstruction report (0.1)",
     )
     parser.add_argument("--max-images", type=int, default=None, help="cap training images (tests)")
+    parser.add_argument(
+        "--split-from",
+        type=Path,
+        default=None,
+        help="a classifier run: train on its training images and report on its validation "
+        "images (patient-disjoint; reuses its preprocessed arrays) instead of --heldout-fraction",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -46,6 +53,9 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.split_from is not None and not (args.split_from / "split.json").is_file():
+        print(f"{prog}: --split-from {args.split_from}: has no split.json", file=sys.stderr)
+        return 2
     if not args.data.exists():
         print(f"{prog}: --data {args.data}: does not exist", file=sys.stderr)
         return 2
@@ -62,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         heldout_fraction=args.heldout_fraction,
         max_images=args.max_images,
+        split_from=args.split_from,
     )
     try:
         train_autoencoder(options)

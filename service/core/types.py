@@ -187,3 +187,4 @@ class StudyResult:
     calling_ae_title: str = ""  # for routing rules
     modality: str = ""  # of the image read
     site: str = ""  # InstitutionName of the image read (routing rules)
+    model_input: F32 | None = field(default=None, repr=False, compare=False)  # (1, S, S)

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from service.commit import commit_result, to_proto
+from service.commit import commit_result, explain_request, to_proto
 from service.config import DicomConfig
 from service.core.errors import NotEligible, NotReady
 from service.dicom.metrics import DicomMetrics
@@ -76,7 +76,9 @@ class Intake:
         *,
         request_seconds: float,
         clock: Callable[[], float] = time.monotonic,
+        explain_findings: int = 0,
     ) -> None:
+        self._explain_findings = explain_findings  # 0: no counterfactual jobs (explain off)
         self.config = config
         self.spool = spool
         self._pipeline = pipeline
@@ -292,6 +294,10 @@ class Intake:
         caller = f"dicom:{meta.host or 'unknown'}"
         if meta.calling_ae_title:
             caller += f" ae:{meta.calling_ae_title}"
+        explain = None
+        if self._explain_findings and self._store is not None:
+            header, destinations = pending.explanation_route() if pending else (b"", ())
+            explain = explain_request(result, self._explain_findings, header, destinations)
         committed = commit_result(
             self._store,
             result,
@@ -299,6 +305,7 @@ class Intake:
             caller=caller,
             cost_from_request=False,
             objects=pending.for_store if pending is not None and pending.routed else None,
+            explain=explain,
         )
         if committed.replayed:
             trace.notes = (*trace.notes, "replayed stored result")

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from service.core.types import StudyResult
 from service.dicom.destinations import Destination
 from service.dicom.objects import DicomObject, Prepared, Writer
-from service.dicom.source import chosen_source
+from service.dicom.source import chosen_source, header_bytes
 from service.stages.decode_pool import InstanceBytes
 from service.worklist.store import NewObject, Placement, WorklistStore
 
@@ -54,6 +54,12 @@ class Pending:
             for o in self.built
             if self.routes.get(o.kind)
         ]
+
+    def explanation_route(self) -> tuple[bytes, tuple[str, ...]]:
+        """The source header and the destinations that take Secondary Captures (where the
+        explainer sends its strips); empty when none does."""
+        destinations = self.routes.get("SC", ())
+        return (header_bytes(self.prepared.source), destinations) if destinations else (b"", ())
 
     def reply_objects(
         self, store: WorklistStore | None, replayed: bool, result_id: int, priority: str

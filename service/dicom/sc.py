@@ -23,6 +23,8 @@ from service.dicom.identity import ALGORITHM_NAME, MANUFACTURER, SC_SERIES_NUMBE
 
 #: The series description every overlay carries.
 SERIES_DESCRIPTION = "AI Grad-CAM overlays (unverified, not for diagnosis)"
+#: The series description of the counterfactual strips (``triage explain-worker``).
+COUNTERFACTUAL_DESCRIPTION = "AI counterfactuals, Latent Shift (unverified, not for diagnosis)"
 
 
 def overlay_pixels(finding: FindingResult) -> np.ndarray:
@@ -83,3 +85,43 @@ def build_overlays(result: StudyResult, source: Dataset, transfer_syntax: str) -
         sc.SourceImageSequence = [_reference(source)]
         images.append(sc)
     return images
+
+
+def build_counterfactual(
+    source: Dataset,
+    pixels: np.ndarray,
+    *,
+    model_version: str,
+    explainer: str,
+    description: str,
+    transfer_syntax: str,
+) -> Dataset:
+    """The counterfactual strips of one deferred study as one Secondary Capture image (RGB).
+
+    In a new series of the source study, referencing the source image; ``description`` (the
+    findings, drops reached and stop rules) goes into DerivationDescription."""
+    sc = hd.sc.SCImage.from_ref_dataset(
+        ref_dataset=source,
+        pixel_array=np.ascontiguousarray(pixels, dtype=np.uint8),
+        photometric_interpretation="RGB",
+        bits_allocated=8,
+        coordinate_system="PATIENT",
+        series_instance_uid=hd.UID(),
+        series_number=SC_SERIES_NUMBER + 1,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        patient_orientation=("L", "F"),  # replaced below by the source's own value
+        transfer_syntax_uid=UID(transfer_syntax),
+    )
+    orientation = list(source.get("PatientOrientation") or [])
+    sc.PatientOrientation = orientation if len(orientation) == 2 else []
+    _anatomy(sc, source)
+    sc.SeriesDescription = COUNTERFACTUAL_DESCRIPTION
+    sc.ImageType = ["DERIVED", "SECONDARY"]
+    sc.BurnedInAnnotation = "YES"  # the captions are burned into the strips
+    sc.DerivationDescription = (
+        f"{ALGORITHM_NAME} {model_version}, autoencoder {explainer}: {description}"
+    )[:1024]
+    sc.SourceImageSequence = [_reference(source)]
+    return sc

@@ -82,6 +82,7 @@ class DicomService:
                 outputs,
                 metrics,
                 request_seconds=config.server.max_request_seconds,
+                explain_findings=config.explain.max_findings if config.explain.enabled else 0,
             )
             self.scp = StorageSCP(d, config.decode, self.intake, metrics)
         if outputs is not None and outputs.destinations and store is not None:

@@ -10,9 +10,12 @@ validation; nothing is invented in their place.
 from __future__ import annotations
 
 import copy
+import io
 from collections.abc import Sequence
 
+from pydicom import dcmread
 from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian
 
 from service.core.errors import InvalidStudy
 from service.core.types import BytesLike, StudyResult
@@ -60,3 +63,19 @@ def chosen_source(instances: Sequence[InstanceBytes], result: StudyResult) -> Da
         if str(ds.get("SOPInstanceUID", "")) == result.sop_instance_uid:
             return ds
     raise InvalidStudy("the image the result was read from is not among the study's instances")
+
+
+def header_bytes(header: Dataset) -> bytes:
+    """``header`` (no pixel data) as Part-10 bytes in Explicit VR Little Endian, for a writer that
+    runs later in another process (the explainer's Secondary Capture); :func:`header_from_bytes`
+    reads it back."""
+    ds = copy.deepcopy(header)
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def header_from_bytes(data: bytes) -> Dataset:
+    """The header :func:`header_bytes` wrote."""
+    return dcmread(io.BytesIO(data))

@@ -426,6 +426,7 @@ def create_server(
         store,
         token_names(config.security.named_tokens()) if tokens else None,
         outputs=outputs,
+        explain_findings=config.explain.max_findings if config.explain.enabled else 0,
     )
     triage_pb2_grpc.add_TriageServicer_to_server(servicer, grpc_server)  # type: ignore[no-untyped-call]
     for _name, register in extra_services:

@@ -30,7 +30,7 @@ from typing import Any
 import grpc
 
 from service._proto.triage.v1 import triage_pb2, triage_pb2_grpc
-from service.commit import commit_result, to_proto
+from service.commit import commit_result, explain_request, to_proto
 from service.config import ServerConfig
 from service.core.errors import (
     Cancelled,
@@ -261,7 +261,9 @@ class TriageServicer(triage_pb2_grpc.TriageServicer):
         store: WorklistStore | None = None,
         token_names: Mapping[str, str] | None = None,
         outputs: DicomOutputs | None = None,
+        explain_findings: int = 0,
     ) -> None:
+        self._explain_findings = explain_findings  # 0: no counterfactual jobs (explain off)
         self._token_names = dict(token_names or {})  # token fingerprint -> holder's name
         self._limits = limits
         self._metrics = metrics
@@ -374,6 +376,10 @@ class TriageServicer(triage_pb2_grpc.TriageServicer):
             pending = self._outputs.pending(
                 result, gathered.instances, GRPC, gathered.include_dicom_objects
             )
+        explain = None
+        if self._explain_findings and self._store is not None:
+            header, destinations = pending.explanation_route() if pending else (b"", ())
+            explain = explain_request(result, self._explain_findings, header, destinations)
         tick = time.perf_counter()
         committed = commit_result(
             self._store,
@@ -382,6 +388,7 @@ class TriageServicer(triage_pb2_grpc.TriageServicer):
             caller=caller_identity(context, self._token_names, gathered.calling_ae_title),
             cost_from_request=gathered.defer_cost is not None,
             objects=pending.for_store if pending is not None and pending.routed else None,
+            explain=explain,
         )
         reply = committed.reply
         if self._store is not None:

@@ -20,8 +20,9 @@ import grpc
 
 from service._proto.triage.v1 import triage_pb2, worklist_pb2, worklist_pb2_grpc
 from service.core.enums import Priority
-from service.core.errors import WorklistError
+from service.core.errors import NotFound, WorklistError
 from service.rpc.status import status_for
+from service.worklist.explanations import StoredExplanation
 from service.worklist.store import CLAIMED, QUEUED, STATES, Event, Item, Read, WorklistStore
 
 T = TypeVar("T")
@@ -34,6 +35,30 @@ def _final_label(label: str, value: bool | None) -> worklist_pb2.FinalLabel:
     if value is None:
         return worklist_pb2.FinalLabel(label=label, not_assessed=True)
     return worklist_pb2.FinalLabel(label=label, present=value)
+
+
+def explanation_to_proto(
+    stored: StoredExplanation, include_images: bool
+) -> worklist_pb2.Explanation:
+    """Store row -> wire message: the worker's stored message (DONE) with the row's state."""
+    message = worklist_pb2.Explanation()
+    if stored.payload:
+        message.ParseFromString(stored.payload)
+    if not include_images:
+        for counterfactual in message.counterfactuals:
+            counterfactual.gif = b""
+            counterfactual.strip_png = b""
+    message.item_id = stored.item_id
+    message.study_instance_uid = stored.study_uid
+    message.state = f"EXPLANATION_{stored.state}"  # type: ignore[assignment]
+    message.model_version = stored.bundle_id
+    message.error = stored.last_error
+    message.attempts = stored.attempts
+    message.created_unix = stored.created
+    message.updated_unix = stored.updated
+    if stored.explainer:
+        message.explainer = stored.explainer
+    return message
 
 
 def item_to_proto(item: Item) -> worklist_pb2.WorklistItem:
@@ -176,6 +201,20 @@ class WorklistServicer(worklist_pb2_grpc.WorklistServicer):
                 events=[event_to_proto(e) for e in self.store.history(request.item_id)]
             ),
         )
+
+    def GetExplanation(
+        self, request: worklist_pb2.GetExplanationRequest, context: grpc.ServicerContext
+    ) -> worklist_pb2.Explanation:
+        def get() -> worklist_pb2.Explanation:
+            stored = self.store.explanation(request.item_id)
+            if stored is None:
+                raise NotFound(
+                    f"item {request.item_id} has no explanation: only deferred results get one, "
+                    "and only while explain.enabled is on"
+                )
+            return explanation_to_proto(stored, request.include_images)
+
+        return _guard(context, get)
 
     def Watch(
         self, request: worklist_pb2.WatchRequest, context: grpc.ServicerContext

@@ -123,6 +123,33 @@ PG_MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE UNIQUE INDEX outbox_once ON outbox (object_id, destination)",
         "CREATE INDEX outbox_due ON outbox (destination, state, next_attempt)",
     ),
+    (  # 4: counterfactual explanation jobs of deferred results
+        """CREATE TABLE explanations (
+            explanation_id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            result_id BIGINT NOT NULL,
+            item_id TEXT NOT NULL,
+            study_uid TEXT NOT NULL,
+            bundle_id TEXT NOT NULL,
+            state TEXT NOT NULL,
+            labels TEXT NOT NULL,
+            size INTEGER NOT NULL,
+            model_input BYTEA NOT NULL,
+            source_header BYTEA NOT NULL,
+            destinations TEXT NOT NULL DEFAULT '[]',
+            attempts INTEGER NOT NULL DEFAULT 0,
+            lease_owner TEXT NOT NULL DEFAULT '',
+            lease_expires DOUBLE PRECISION NOT NULL DEFAULT 0,
+            last_error TEXT NOT NULL DEFAULT '',
+            explainer TEXT NOT NULL DEFAULT '',
+            payload BYTEA NOT NULL DEFAULT '',
+            created DOUBLE PRECISION NOT NULL,
+            updated DOUBLE PRECISION NOT NULL
+        )""",
+        "CREATE UNIQUE INDEX explanations_once ON explanations (result_id)",
+        "CREATE INDEX explanations_by_item ON explanations (item_id, explanation_id)",
+        "CREATE INDEX explanations_pending ON explanations (bundle_id, explanation_id) "
+        "WHERE state = 'PENDING'",
+    ),
 )
 
 #: The schema version this code writes (the same number as SQLite's).

@@ -47,6 +47,14 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from service.core.enums import Priority
 from service.core.errors import Conflict, NotFound, NotReady, WorklistError
+from service.worklist.explanations import (
+    EXPLAIN_DONE,
+    EXPLAIN_FAILED,
+    EXPLAIN_PENDING,
+    ExplainRequest,
+    ExplanationJob,
+    StoredExplanation,
+)
 from service.worklist.pg_schema import pg_migrate
 from service.worklist.rules import (
     ResultFacts,
@@ -84,6 +92,8 @@ from service.worklist.store import (
     StoredObject,
     Triaged,
     _item,
+    _job,
+    _stored_explanation,
 )
 
 #: The channel audit commits notify.
@@ -401,16 +411,19 @@ class PostgresWorklistStore:
             if active is None or active.state in (QUEUED, SUPERSEDED):
                 return self._queue(tx, t, encode, priority, active, change, objects)
             recorded = self._attach(tx, t, encode, priority, active, change)
-            self._with_objects(tx, recorded, t.study_uid, objects)
+            self._with_objects(tx, recorded, t, objects)
             return recorded
 
     def _with_objects(
-        self, tx: _Tx, recorded: Recorded, study_uid: str, objects: Objects | None
+        self, tx: _Tx, recorded: Recorded, t: Triaged, objects: Objects | None
     ) -> None:
+        """The result's DICOM objects (with their outbox rows) and its explanation job."""
         if objects is not None:
             item = recorded.item
             placement = Placement(item.item_id, item.worklist, item.priority, item.state)
-            self._insert_objects(tx, recorded.result_id, study_uid, objects(placement))
+            self._insert_objects(tx, recorded.result_id, t.study_uid, objects(placement))
+        if t.explain is not None:
+            self._insert_explanation(tx, recorded, t.study_uid, t.bundle_id, t.explain)
 
     def _queue(
         self, tx: _Tx, t: Triaged, encode: Encoder, priority: Priority,
@@ -440,7 +453,7 @@ class PostgresWorklistStore:
         superseded = () if earlier is None else (earlier.item_id,)
         outcome = NEW if earlier is None else REQUEUED
         recorded = Recorded(item, outcome, blob, superseded, result_id)
-        self._with_objects(tx, recorded, t.study_uid, objects)
+        self._with_objects(tx, recorded, t, objects)
         return recorded
 
     def _attach(
@@ -821,6 +834,116 @@ class PostgresWorklistStore:
                 stats = dataclasses.replace(stats, failed=n)
             out[r["destination"]] = stats
         return out
+
+    # -- counterfactual explanation jobs (service.worklist.explanations) ---------------------
+
+    def _insert_explanation(
+        self, tx: _Tx, recorded: Recorded, study_uid: str, bundle_id: str, request: ExplainRequest
+    ) -> None:
+        tx.run(
+            "INSERT INTO explanations (result_id, item_id, study_uid, bundle_id, state, labels, "
+            "size, model_input, source_header, destinations, created, updated) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            (recorded.result_id, recorded.item.item_id, study_uid, bundle_id, EXPLAIN_PENDING,
+             json.dumps(list(request.labels)), request.size, request.model_input,
+             request.source_header, json.dumps(list(request.destinations)), tx.now, tx.now),
+        )  # fmt: skip
+
+    def claim_explanations(
+        self,
+        owner: str,
+        bundle_ids: Sequence[str],
+        limit: int = 1,
+        lease_s: float = 300.0,
+        max_attempts: int = 3,
+    ) -> list[ExplanationJob]:
+        """Lease up to ``limit`` PENDING jobs of ``bundle_ids`` to ``owner`` (oldest first,
+        ``FOR UPDATE SKIP LOCKED``: several workers never take one job); see
+        :meth:`service.worklist.store.SqliteWorklistStore.claim_explanations`."""
+        if not owner:
+            raise WorklistError("an explainer needs an owner name")
+        if not bundle_ids:
+            return []
+        with self._transaction() as tx:
+            tx.run(
+                "UPDATE explanations SET state = %s, lease_owner = '', payload = ''::bytea, "
+                "model_input = ''::bytea, source_header = ''::bytea, updated = %s, last_error = "
+                "'the explainer stopped while working on it ' || attempts || ' times' "
+                "WHERE state = %s AND attempts >= %s AND lease_owner <> '' AND lease_expires < %s",
+                (EXPLAIN_FAILED, tx.now, EXPLAIN_PENDING, max_attempts, tx.now),
+            )
+            rows = tx.all(
+                "SELECT * FROM explanations WHERE state = %s AND bundle_id = ANY(%s) "
+                "AND (lease_owner = '' OR lease_expires < %s) ORDER BY explanation_id LIMIT %s "
+                "FOR UPDATE SKIP LOCKED",
+                (EXPLAIN_PENDING, list(bundle_ids), tx.now, limit),
+            )
+            for row in rows:
+                tx.run(
+                    "UPDATE explanations SET lease_owner = %s, lease_expires = %s, "
+                    "attempts = attempts + 1, updated = %s WHERE explanation_id = %s",
+                    (owner, tx.now + lease_s, tx.now, row["explanation_id"]),
+                )
+            return [_job(r) for r in rows]
+
+    def explanation_done(
+        self,
+        explanation_id: int,
+        owner: str,
+        payload: bytes,
+        explainer: str,
+        objects: Sequence[NewObject] = (),
+    ) -> bool:
+        """Store a leased job's explanation (DONE) and queue ``objects`` in the outbox, in one
+        transaction; False when ``owner`` no longer holds it."""
+        with self._transaction() as tx:
+            row = tx.one(
+                "UPDATE explanations SET state = %s, payload = %s, explainer = %s, "
+                "last_error = '', lease_owner = '', lease_expires = 0, model_input = ''::bytea, "
+                "source_header = ''::bytea, updated = %s "
+                "WHERE explanation_id = %s AND state = %s AND lease_owner = %s "
+                "RETURNING result_id, study_uid",
+                (EXPLAIN_DONE, payload, explainer, tx.now, explanation_id, EXPLAIN_PENDING, owner),
+            )
+            if row is None:
+                return False
+            self._insert_objects(tx, int(row["result_id"]), row["study_uid"], objects)
+            return True
+
+    def explanation_failed(
+        self, explanation_id: int, owner: str, error: str, max_attempts: int = 3
+    ) -> bool:
+        """Record a failed attempt of a leased job: PENDING again, or FAILED once it has had
+        ``max_attempts``; False when ``owner`` no longer holds it."""
+        with self._transaction() as tx:
+            row = tx.one(
+                "UPDATE explanations SET last_error = %s, lease_owner = '', lease_expires = 0, "
+                "updated = %s, state = CASE WHEN attempts >= %s THEN %s ELSE state END, "
+                "model_input = CASE WHEN attempts >= %s THEN ''::bytea ELSE model_input END, "
+                "source_header = CASE WHEN attempts >= %s THEN ''::bytea ELSE source_header END "
+                "WHERE explanation_id = %s AND state = %s AND lease_owner = %s "
+                "RETURNING explanation_id",
+                (error[:500], tx.now, max_attempts, EXPLAIN_FAILED, max_attempts, max_attempts,
+                 explanation_id, EXPLAIN_PENDING, owner),
+            )  # fmt: skip
+            return row is not None
+
+    def explanation(self, item_id: str) -> StoredExplanation | None:
+        """The explanation of an item's current result, else the newest of any of its results
+        (None: the item has none; NotFound: no such item)."""
+        with self._transaction() as tx:
+            item = self._get(tx, item_id)
+            rows = tx.all(
+                "SELECT * FROM explanations WHERE item_id = %s ORDER BY explanation_id DESC",
+                (item_id,),
+            )
+        return _stored_explanation(rows, item.result_id)
+
+    def explanation_counts(self) -> dict[str, int]:
+        """Explanation jobs by state."""
+        with self._transaction() as tx:
+            rows = tx.all("SELECT state, COUNT(*) AS n FROM explanations GROUP BY state")
+        return {str(r["state"]): int(r["n"]) for r in rows}
 
     def close(self) -> None:
         """Stop listening and close the pool's connections."""

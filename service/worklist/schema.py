@@ -23,6 +23,11 @@ Versions:
    and ``outbox`` (one row per object and destination, never two: the unique index; its state
    QUEUED, SENT or FAILED, attempts, when it is due next, the lease of the sender working on it,
    the last error). Both are written in the transaction that records the result.
+4. ``explanations``: one counterfactual job per deferred result when ``explain.enabled``
+   (:mod:`service.worklist.explanations`): the model input and the findings to explain, the
+   source header and destinations of its Secondary Capture, its state PENDING, DONE or FAILED,
+   the worker's lease and attempts, the explanation once made (a serialized
+   ``triage.v1.Explanation``). Written in the transaction that records the result.
 """
 
 from __future__ import annotations
@@ -127,6 +132,32 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )""",
         "CREATE UNIQUE INDEX outbox_once ON outbox (object_id, destination)",
         "CREATE INDEX outbox_due ON outbox (destination, state, next_attempt)",
+    ),
+    (  # 4: counterfactual explanation jobs of deferred results
+        """CREATE TABLE explanations (
+            explanation_id INTEGER PRIMARY KEY AUTOINCREMENT,
+            result_id INTEGER NOT NULL,
+            item_id TEXT NOT NULL,
+            study_uid TEXT NOT NULL,
+            bundle_id TEXT NOT NULL,
+            state TEXT NOT NULL,
+            labels TEXT NOT NULL,
+            size INTEGER NOT NULL,
+            model_input BLOB NOT NULL,
+            source_header BLOB NOT NULL,
+            destinations TEXT NOT NULL DEFAULT '[]',
+            attempts INTEGER NOT NULL DEFAULT 0,
+            lease_owner TEXT NOT NULL DEFAULT '',
+            lease_expires REAL NOT NULL DEFAULT 0,
+            last_error TEXT NOT NULL DEFAULT '',
+            explainer TEXT NOT NULL DEFAULT '',
+            payload BLOB NOT NULL DEFAULT X'',
+            created REAL NOT NULL,
+            updated REAL NOT NULL
+        )""",
+        "CREATE UNIQUE INDEX explanations_once ON explanations (result_id)",
+        "CREATE INDEX explanations_by_item ON explanations (item_id, explanation_id)",
+        "CREATE INDEX explanations_pending ON explanations (state, bundle_id, explanation_id)",
     ),
 )
 

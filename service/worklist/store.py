@@ -63,6 +63,14 @@ from typing import Any, Protocol
 
 from service.core.enums import Decision, Priority
 from service.core.errors import Conflict, NotFound, WorklistError
+from service.worklist.explanations import (
+    EXPLAIN_DONE,
+    EXPLAIN_FAILED,
+    EXPLAIN_PENDING,
+    ExplainRequest,
+    ExplanationJob,
+    StoredExplanation,
+)
 from service.worklist.rules import (
     ResultFacts,
     checked_read,
@@ -146,6 +154,7 @@ class Triaged:
     findings_present: tuple[str, ...] = ()
     cost_set_by: str = ""
     caller: str = ""
+    explain: ExplainRequest | None = field(default=None, repr=False)  # a counterfactual job
 
     def facts(self) -> ResultFacts:
         """What the replay and review rules compare."""
@@ -319,6 +328,32 @@ class WorklistStore(Protocol):
 
     def outbox_stats(self) -> dict[str, OutboxStats]: ...
 
+    def claim_explanations(
+        self,
+        owner: str,
+        bundle_ids: Sequence[str],
+        limit: int = 1,
+        lease_s: float = 300.0,
+        max_attempts: int = 3,
+    ) -> list[ExplanationJob]: ...
+
+    def explanation_done(
+        self,
+        explanation_id: int,
+        owner: str,
+        payload: bytes,
+        explainer: str,
+        objects: Sequence[NewObject] = (),
+    ) -> bool: ...
+
+    def explanation_failed(
+        self, explanation_id: int, owner: str, error: str, max_attempts: int = 3
+    ) -> bool: ...
+
+    def explanation(self, item_id: str) -> StoredExplanation | None: ...
+
+    def explanation_counts(self) -> dict[str, int]: ...
+
     def close(self) -> None: ...
 
 
@@ -362,6 +397,45 @@ def _item(
         latest_result=latest,
         result_id=int(row["result_id"]),
         latest_result_id=int(row["latest_result_id"]),
+    )
+
+
+def _job(row: Any) -> ExplanationJob:
+    """An explanations row (either backend) as the job a worker leased."""
+    return ExplanationJob(
+        explanation_id=int(row["explanation_id"]),
+        result_id=int(row["result_id"]),
+        item_id=row["item_id"],
+        study_uid=row["study_uid"],
+        bundle_id=row["bundle_id"],
+        labels=tuple(json.loads(row["labels"])),
+        size=int(row["size"]),
+        attempts=int(row["attempts"]) + 1,
+        model_input=bytes(row["model_input"]),
+        source_header=bytes(row["source_header"]),
+        destinations=tuple(json.loads(row["destinations"])),
+    )
+
+
+def _stored_explanation(rows: Sequence[Any], result_id: int) -> StoredExplanation | None:
+    """Of an item's explanations rows (newest first): the current result's, else the newest."""
+    if not rows:
+        return None
+    row = next((r for r in rows if int(r["result_id"]) == result_id), rows[0])
+    return StoredExplanation(
+        explanation_id=int(row["explanation_id"]),
+        result_id=int(row["result_id"]),
+        item_id=row["item_id"],
+        study_uid=row["study_uid"],
+        bundle_id=row["bundle_id"],
+        state=row["state"],
+        labels=tuple(json.loads(row["labels"])),
+        attempts=int(row["attempts"]),
+        last_error=row["last_error"],
+        explainer=row["explainer"],
+        created=float(row["created"]),
+        updated=float(row["updated"]),
+        payload=bytes(row["payload"]),
     )
 
 
@@ -523,6 +597,8 @@ class SqliteWorklistStore:
                 item = recorded.item
                 placement = Placement(item.item_id, item.worklist, item.priority, item.state)
                 self._insert_objects(db, recorded.result_id, t.study_uid, objects(placement))
+            if t.explain is not None:
+                self._insert_explanation(db, recorded, t.study_uid, t.bundle_id, t.explain)
             return recorded
 
     def _queue(
@@ -942,6 +1018,141 @@ class SqliteWorklistStore:
                 stats = dataclasses.replace(stats, failed=n)
             out[r["destination"]] = stats
         return out
+
+    # -- counterfactual explanation jobs (service.worklist.explanations) ---------------------
+
+    def _insert_explanation(
+        self,
+        db: sqlite3.Connection,
+        recorded: Recorded,
+        study_uid: str,
+        bundle_id: str,
+        request: ExplainRequest,
+    ) -> None:
+        now = self._now()
+        db.execute(
+            "INSERT INTO explanations (result_id, item_id, study_uid, bundle_id, state, labels, "
+            "size, model_input, source_header, destinations, created, updated) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (recorded.result_id, recorded.item.item_id, study_uid, bundle_id, EXPLAIN_PENDING,
+             json.dumps(list(request.labels)), request.size, request.model_input,
+             request.source_header, json.dumps(list(request.destinations)), now, now),
+        )  # fmt: skip
+
+    def claim_explanations(
+        self,
+        owner: str,
+        bundle_ids: Sequence[str],
+        limit: int = 1,
+        lease_s: float = 300.0,
+        max_attempts: int = 3,
+    ) -> list[ExplanationJob]:
+        """Lease up to ``limit`` PENDING jobs of ``bundle_ids`` (oldest first) to ``owner``.
+
+        A job whose lease expired after its last allowed attempt (the worker died on it) is
+        given up (FAILED) instead of being handed out again."""
+        if not owner:
+            raise WorklistError("an explainer needs an owner name")
+        if not bundle_ids:
+            return []
+        marks = ", ".join("?" for _ in bundle_ids)
+        with self._transaction() as db:
+            now = self._now()
+            db.execute(
+                "UPDATE explanations SET state = ?, lease_owner = '', payload = X'', "
+                "model_input = X'', source_header = X'', updated = ?, last_error = "
+                "'the explainer stopped while working on it ' || attempts || ' times' "
+                "WHERE state = ? AND attempts >= ? AND lease_owner != '' AND lease_expires < ?",
+                (EXPLAIN_FAILED, now, EXPLAIN_PENDING, max_attempts, now),
+            )
+            rows = db.execute(
+                "SELECT * FROM explanations WHERE state = ? AND bundle_id IN (" + marks + ") "
+                "AND (lease_owner = '' OR lease_expires < ?) ORDER BY explanation_id LIMIT ?",
+                (EXPLAIN_PENDING, *bundle_ids, now, limit),
+            ).fetchall()
+            for row in rows:
+                db.execute(
+                    "UPDATE explanations SET lease_owner = ?, lease_expires = ?, "
+                    "attempts = attempts + 1, updated = ? WHERE explanation_id = ?",
+                    (owner, now + lease_s, now, row["explanation_id"]),
+                )
+            return [_job(r) for r in rows]
+
+    def explanation_done(
+        self,
+        explanation_id: int,
+        owner: str,
+        payload: bytes,
+        explainer: str,
+        objects: Sequence[NewObject] = (),
+    ) -> bool:
+        """Store a leased job's explanation (DONE) and queue ``objects`` (its Secondary
+        Capture) in the outbox, in one transaction; False when ``owner`` no longer holds it."""
+        with self._transaction() as db:
+            row = db.execute(
+                "SELECT * FROM explanations WHERE explanation_id = ? AND state = ? "
+                "AND lease_owner = ?",
+                (explanation_id, EXPLAIN_PENDING, owner),
+            ).fetchone()
+            if row is None:
+                return False
+            db.execute(
+                "UPDATE explanations SET state = ?, payload = ?, explainer = ?, last_error = '', "
+                "lease_owner = '', lease_expires = 0, model_input = X'', source_header = X'', "
+                "updated = ? WHERE explanation_id = ?",
+                (EXPLAIN_DONE, payload, explainer, self._now(), explanation_id),
+            )
+            self._insert_objects(db, row["result_id"], row["study_uid"], objects)
+            return True
+
+    def explanation_failed(
+        self, explanation_id: int, owner: str, error: str, max_attempts: int = 3
+    ) -> bool:
+        """Record a failed attempt of a leased job: PENDING again, or FAILED once it has had
+        ``max_attempts``; False when ``owner`` no longer holds it."""
+        with self._transaction() as db:
+            row = db.execute(
+                "SELECT attempts FROM explanations WHERE explanation_id = ? AND state = ? "
+                "AND lease_owner = ?",
+                (explanation_id, EXPLAIN_PENDING, owner),
+            ).fetchone()
+            if row is None:
+                return False
+            final = int(row["attempts"]) >= max_attempts
+            if final:
+                db.execute(
+                    "UPDATE explanations SET state = ?, last_error = ?, lease_owner = '', "
+                    "lease_expires = 0, model_input = X'', source_header = X'', updated = ? "
+                    "WHERE explanation_id = ?",
+                    (EXPLAIN_FAILED, error[:500], self._now(), explanation_id),
+                )
+            else:
+                db.execute(
+                    "UPDATE explanations SET last_error = ?, lease_owner = '', lease_expires = 0, "
+                    "updated = ? WHERE explanation_id = ?",
+                    (error[:500], self._now(), explanation_id),
+                )
+            return True
+
+    def explanation(self, item_id: str) -> StoredExplanation | None:
+        """The explanation of an item's current result, else the newest of any of its results
+        (None: the item has none; NotFound: no such item)."""
+        db = self._db()
+        item = self._get(db, item_id)
+        rows = db.execute(
+            "SELECT * FROM explanations WHERE item_id = ? ORDER BY explanation_id DESC",
+            (item_id,),
+        ).fetchall()
+        return _stored_explanation(rows, item.result_id)
+
+    def explanation_counts(self) -> dict[str, int]:
+        """Explanation jobs by state."""
+        rows = (
+            self._db()
+            .execute("SELECT state, COUNT(*) AS n FROM explanations GROUP BY state")
+            .fetchall()
+        )
+        return {str(r["state"]): int(r["n"]) for r in rows}
 
     def close(self) -> None:
         """Close every connection this store opened."""

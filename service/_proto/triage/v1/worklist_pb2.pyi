@@ -15,11 +15,22 @@ class ItemState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     CLAIMED: _ClassVar[ItemState]
     COMPLETED: _ClassVar[ItemState]
     SUPERSEDED: _ClassVar[ItemState]
+
+class ExplanationState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    EXPLANATION_STATE_UNSPECIFIED: _ClassVar[ExplanationState]
+    EXPLANATION_PENDING: _ClassVar[ExplanationState]
+    EXPLANATION_DONE: _ClassVar[ExplanationState]
+    EXPLANATION_FAILED: _ClassVar[ExplanationState]
 ITEM_STATE_UNSPECIFIED: ItemState
 QUEUED: ItemState
 CLAIMED: ItemState
 COMPLETED: ItemState
 SUPERSEDED: ItemState
+EXPLANATION_STATE_UNSPECIFIED: ExplanationState
+EXPLANATION_PENDING: ExplanationState
+EXPLANATION_DONE: ExplanationState
+EXPLANATION_FAILED: ExplanationState
 
 class FinalLabel(_message.Message):
     __slots__ = ("label", "present", "not_assessed")
@@ -164,3 +175,67 @@ class HistoryResponse(_message.Message):
     EVENTS_FIELD_NUMBER: _ClassVar[int]
     events: _containers.RepeatedCompositeFieldContainer[WorklistEvent]
     def __init__(self, events: _Optional[_Iterable[_Union[WorklistEvent, _Mapping]]] = ...) -> None: ...
+
+class GetExplanationRequest(_message.Message):
+    __slots__ = ("item_id", "include_images")
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_IMAGES_FIELD_NUMBER: _ClassVar[int]
+    item_id: str
+    include_images: bool
+    def __init__(self, item_id: _Optional[str] = ..., include_images: _Optional[bool] = ...) -> None: ...
+
+class Counterfactual(_message.Message):
+    __slots__ = ("label", "probability", "lambdas", "predictions", "lambda_reached", "prediction_drop", "stop_rule", "image_change", "attribution", "gif", "strip_png", "seconds")
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    PROBABILITY_FIELD_NUMBER: _ClassVar[int]
+    LAMBDAS_FIELD_NUMBER: _ClassVar[int]
+    PREDICTIONS_FIELD_NUMBER: _ClassVar[int]
+    LAMBDA_REACHED_FIELD_NUMBER: _ClassVar[int]
+    PREDICTION_DROP_FIELD_NUMBER: _ClassVar[int]
+    STOP_RULE_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_CHANGE_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTION_FIELD_NUMBER: _ClassVar[int]
+    GIF_FIELD_NUMBER: _ClassVar[int]
+    STRIP_PNG_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    label: str
+    probability: float
+    lambdas: _containers.RepeatedScalarFieldContainer[float]
+    predictions: _containers.RepeatedScalarFieldContainer[float]
+    lambda_reached: float
+    prediction_drop: float
+    stop_rule: str
+    image_change: float
+    attribution: _triage_pb2.Heatmap
+    gif: bytes
+    strip_png: bytes
+    seconds: float
+    def __init__(self, label: _Optional[str] = ..., probability: _Optional[float] = ..., lambdas: _Optional[_Iterable[float]] = ..., predictions: _Optional[_Iterable[float]] = ..., lambda_reached: _Optional[float] = ..., prediction_drop: _Optional[float] = ..., stop_rule: _Optional[str] = ..., image_change: _Optional[float] = ..., attribution: _Optional[_Union[_triage_pb2.Heatmap, _Mapping]] = ..., gif: _Optional[bytes] = ..., strip_png: _Optional[bytes] = ..., seconds: _Optional[float] = ...) -> None: ...
+
+class Explanation(_message.Message):
+    __slots__ = ("item_id", "study_instance_uid", "state", "model_version", "explainer", "method", "counterfactuals", "error", "attempts", "created_unix", "updated_unix", "sop_instance_uid")
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    STUDY_INSTANCE_UID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    EXPLAINER_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    COUNTERFACTUALS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    CREATED_UNIX_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_UNIX_FIELD_NUMBER: _ClassVar[int]
+    SOP_INSTANCE_UID_FIELD_NUMBER: _ClassVar[int]
+    item_id: str
+    study_instance_uid: str
+    state: ExplanationState
+    model_version: str
+    explainer: str
+    method: str
+    counterfactuals: _containers.RepeatedCompositeFieldContainer[Counterfactual]
+    error: str
+    attempts: int
+    created_unix: float
+    updated_unix: float
+    sop_instance_uid: str
+    def __init__(self, item_id: _Optional[str] = ..., study_instance_uid: _Optional[str] = ..., state: _Optional[_Union[ExplanationState, str]] = ..., model_version: _Optional[str] = ..., explainer: _Optional[str] = ..., method: _Optional[str] = ..., counterfactuals: _Optional[_Iterable[_Union[Counterfactual, _Mapping]]] = ..., error: _Optional[str] = ..., attempts: _Optional[int] = ..., created_unix: _Optional[float] = ..., updated_unix: _Optional[float] = ..., sop_instance_uid: _Optional[str] = ...) -> None: ...

@@ -69,6 +69,11 @@ class WorklistStub:
                 request_serializer=triage_dot_v1_dot_worklist__pb2.HistoryRequest.SerializeToString,
                 response_deserializer=triage_dot_v1_dot_worklist__pb2.HistoryResponse.FromString,
                 _registered_method=True)
+        self.GetExplanation = channel.unary_unary(
+                '/triage.v1.Worklist/GetExplanation',
+                request_serializer=triage_dot_v1_dot_worklist__pb2.GetExplanationRequest.SerializeToString,
+                response_deserializer=triage_dot_v1_dot_worklist__pb2.Explanation.FromString,
+                _registered_method=True)
 
 
 class WorklistServicer:
@@ -118,6 +123,14 @@ class WorklistServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetExplanation(self, request, context):
+        """The counterfactual explanation of a deferred item (explain.enabled and an explainer worker):
+        NOT_FOUND when the item has none (not deferred, or explanations off when it was triaged).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorklistServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -155,6 +168,11 @@ def add_WorklistServicer_to_server(servicer, server):
                     servicer.History,
                     request_deserializer=triage_dot_v1_dot_worklist__pb2.HistoryRequest.FromString,
                     response_serializer=triage_dot_v1_dot_worklist__pb2.HistoryResponse.SerializeToString,
+            ),
+            'GetExplanation': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetExplanation,
+                    request_deserializer=triage_dot_v1_dot_worklist__pb2.GetExplanationRequest.FromString,
+                    response_serializer=triage_dot_v1_dot_worklist__pb2.Explanation.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -346,6 +364,33 @@ class Worklist:
             '/triage.v1.Worklist/History',
             triage_dot_v1_dot_worklist__pb2.HistoryRequest.SerializeToString,
             triage_dot_v1_dot_worklist__pb2.HistoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetExplanation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/triage.v1.Worklist/GetExplanation',
+            triage_dot_v1_dot_worklist__pb2.GetExplanationRequest.SerializeToString,
+            triage_dot_v1_dot_worklist__pb2.Explanation.FromString,
             options,
             channel_credentials,
             insecure,

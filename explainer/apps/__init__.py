@@ -1,0 +1,1 @@
+"""The explainer's command-line tools (``triage explain``, ``explain-worker``, ...)."""
