@@ -104,6 +104,55 @@ def test_a_deferred_item_gets_its_counterfactuals_through_the_worklist_api(
     assert light.counterfactuals and not any(c.gif or c.strip_png for c in light.counterfactuals)
 
 
+def test_worklist_explanation_cli_prints_and_writes_the_counterfactuals(
+    worklist_server: WorklistServerFactory,
+    explainer: Explainer,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``triage worklist explanation ITEM --json --out DIR`` prints the state and each finding's
+    drop and stop rule, and writes the GIF and strip the server returns."""
+    import json
+
+    from triage_tools.cli import main
+
+    server, port = worklist_server(**EXPLAIN_ON)
+    triage, _ = worklist_stubs(port)
+    item = defer(triage).worklist_item_id
+    cli = ["worklist", "--server", f"127.0.0.1:{port}", "explanation", item, "--json"]
+    assert main(cli) == 0
+    assert json.loads(capsys.readouterr().out)["state"] == "PENDING"
+    assert worker(server, explainer, owner="w").run(threading.Event(), drain=True) == 1
+    assert main([*cli, "--out", str(tmp_path / "pics")]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["state"] == "DONE" and record["counterfactuals"]
+    for row in record["counterfactuals"]:
+        assert row["prediction_drop"] == pytest.approx(row["p_first_frame"] - row["p_last_frame"],
+                                                       abs=2e-4)  # fmt: skip
+        gif, png = (Path(f) for f in row["files"])
+        assert gif.read_bytes().startswith(b"GIF89a") and png.read_bytes().startswith(b"\x89PNG")
+    assert main(["worklist", "--server", f"127.0.0.1:{port}", "explanation", "nope"]) == 1
+
+
+def test_the_worker_serves_a_postgresql_worklist(
+    worklist_server: WorklistServerFactory, explainer: Explainer, postgres_url: str
+) -> None:
+    """With the replicas' PostgreSQL worklist the job is queued and made exactly as with SQLite."""
+    from service.worklist.postgres import PostgresWorklistStore
+
+    _, port = worklist_server(**EXPLAIN_ON, **{"worklist.url": postgres_url})
+    triage, worklist = worklist_stubs(port)
+    item = defer(triage).worklist_item_id
+    store = PostgresWorklistStore(postgres_url)
+    try:
+        w = ExplainWorker(store, explainer, WorkerOptions(owner="pg"))
+        assert w.run(threading.Event(), drain=True) == 1 and w.done == 1
+    finally:
+        store.close()
+    done = worklist.GetExplanation(worklist_pb2.GetExplanationRequest(item_id=item))
+    assert done.state == worklist_pb2.EXPLANATION_DONE and done.counterfactuals
+
+
 def test_without_explain_enabled_an_item_has_no_explanation(
     worklist_server: WorklistServerFactory,
 ) -> None:

@@ -1,10 +1,13 @@
-"""``triage worklist list|claim|release|complete|amend|history|watch|export|outbox``: the Worklist
-service from a terminal.
+"""``triage worklist list|claim|release|complete|amend|history|explanation|watch|export|outbox``:
+the Worklist service from a terminal.
 
 ``complete`` and ``amend`` take a value for every label of the item's result: ``--label
 NAME=0|1`` or ``--not-assessed NAME`` (the server refuses a missing or unknown label, naming it).
 ``history ITEM`` prints an item's audit entries; ``watch`` follows the changes as they happen
 (``--after SEQ`` resumes after the last event number seen, e.g. across a server restart).
+``explanation ITEM`` shows the Latent Shift counterfactuals of a deferred item (state, and per
+finding the prediction drop, lambda and stop rule); ``--out DIR`` also writes each finding's GIF
+and PNG strip there.
 
 ``export --labelled`` writes completed items as JSON lines that ``triage calibrate
 --worklist-export`` reads: the served model's outputs (probabilities, raw P(error), OOD score)
@@ -79,6 +82,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     history = sub.add_parser("history", help="an item's audit entries, oldest first")
     history.add_argument("item", metavar="ITEM", help="item id")
     history.add_argument("--json", action="store_true", help="print JSON, not a table")
+    explanation = sub.add_parser("explanation", help="an item's counterfactual explanation")
+    explanation.add_argument("item", metavar="ITEM", help="item id")
+    explanation.add_argument(
+        "--out", type=Path, default=None, help="write FINDING.gif and FINDING.png here"
+    )
+    explanation.add_argument("--json", action="store_true", help="print JSON, not a table")
     watch = sub.add_parser("watch", help="print worklist changes as they happen")
     watch.add_argument("--worklist", default="", help="one worklist (default: all)")
     watch.add_argument(
@@ -354,6 +363,62 @@ def _outbox(args: argparse.Namespace) -> int:
     return 0
 
 
+def _explanation(stub: Any, args: argparse.Namespace, metadata: Any) -> int:
+    """``explanation ITEM``: the state and one row per counterfactual (files with ``--out``)."""
+    from service._proto.triage.v1 import worklist_pb2
+    from triage_common.atomic import atomic_write_bytes
+    from triage_common.console import print_table
+
+    reply = stub.GetExplanation(
+        worklist_pb2.GetExplanationRequest(item_id=args.item, include_images=args.out is not None),
+        metadata=metadata,
+    )
+    state = worklist_pb2.ExplanationState.Name(reply.state).removeprefix("EXPLANATION_")
+    rows = []
+    for cf in reply.counterfactuals:
+        files: list[str] = []
+        if args.out is not None:
+            args.out.mkdir(parents=True, exist_ok=True)
+            stem = cf.label.replace(" ", "_").lower()
+            for suffix, data in ((".gif", cf.gif), (".png", cf.strip_png)):
+                atomic_write_bytes(args.out / f"{stem}{suffix}", data)
+                files.append(str(args.out / f"{stem}{suffix}"))
+        rows.append(
+            {
+                "finding": cf.label,
+                "probability": round(cf.probability, 4),
+                "p_first_frame": round(cf.predictions[0], 4) if cf.predictions else None,
+                "p_last_frame": round(cf.predictions[-1], 4) if cf.predictions else None,
+                "prediction_drop": round(cf.prediction_drop, 4),
+                "lambda_reached": cf.lambda_reached,
+                "stop_rule": cf.stop_rule,
+                "image_change": round(cf.image_change, 4),
+                "seconds": round(cf.seconds, 3),
+                "files": files,
+            }
+        )
+    record = {
+        "item_id": reply.item_id,
+        "state": state,
+        "model_version": reply.model_version,
+        "explainer": reply.explainer,
+        "attempts": reply.attempts,
+        "error": reply.error,
+        "secondary_capture": reply.sop_instance_uid,
+        "counterfactuals": rows,
+    }
+    if args.json:
+        print(json.dumps(record, indent=2))
+        return 0
+    columns = ["finding", "probability", "p_first_frame", "p_last_frame", "prediction_drop",
+               "lambda_reached", "stop_rule", "image_change", "seconds"]  # fmt: skip
+    title = f"explanation of item {args.item}: {state}"
+    if reply.error:
+        title += f" ({reply.error})"
+    print_table(title, columns, [[r[c] for c in columns] for r in rows])
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     """Run one worklist action; exit 1 on a gRPC error (its status and message printed), 2 on
     a malformed option."""
@@ -405,6 +470,8 @@ def run(args: argparse.Namespace) -> int:
                     [[r[c] for c in _EVENT_COLUMNS] for r in records],
                 )
             return 0
+        if args.action == "explanation":
+            return _explanation(stub, args, metadata)
         if args.action == "watch":
             return _watch(stub, args, metadata)
         if args.action == "export":
