@@ -64,6 +64,11 @@ COMMANDS: tuple[Command, ...] = (
         "Latent Shift counterfactuals (GIF, PNG strip) of DICOM studies",
     ),
     Command(
+        ("bench", "explain"),
+        "explainer.apps.bench_explain",
+        "triage speed with and without an explainer worker beside it, same run",
+    ),
+    Command(
         ("explain-worker",),
         "explainer.apps.explain_worker",
         "make the counterfactuals the server queues with deferred items",

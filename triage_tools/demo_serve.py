@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import subprocess
 import sys
 from collections import defaultdict
@@ -61,7 +62,9 @@ def serve_and_submit(out: Path, bundle: Path, policy: Path | None, data: Path, s
     db = out / "worklist.db"
     for stale in out.glob("worklist.db*"):
         stale.unlink()  # each demo run shows its own worklist
+    shutil.rmtree(out / "explanations", ignore_errors=True)  # and their counterfactuals
     args = ["--bundle", str(bundle), "--set", f"worklist.path={db}"]
+    args += ["--set", "explain.enabled=true"]  # deferred items get a counterfactual job
     if policy is not None and policy.exists():
         args += ["--policy", str(policy)]
     server = ServeProcess(args)

@@ -12,6 +12,7 @@ is due. Several workers may share a database (leases).
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -40,6 +41,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out", type=Path, default=None, help="also write ITEM/FINDING.gif|.png here"
     )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (1: beside `triage serve` on one machine it leaves the other cores "
+        "to triage; raise it on a machine of its own)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,16 +58,24 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return 2
+    if args.threads < 1:
+        print(f"{prog}: --threads must be at least 1", file=sys.stderr)
+        return 2
+    # idle OpenMP threads sleep instead of spinning on cores the server needs (set before torch)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if args.max_attempts < 1 or args.lease_seconds <= 0 or args.poll_seconds <= 0:
         print(f"{prog}: --max-attempts, --lease-seconds, --poll-seconds must be positive",
               file=sys.stderr)  # fmt: skip
         return 2
+
+    import torch
 
     from explainer.core import ExplainerMismatch, load_explainer
     from explainer.worker import ExplainWorker, WorkerOptions
     from service.core.errors import WorklistError
     from service.worklist.open import open_worklist
 
+    torch.set_num_threads(args.threads)
     try:
         explainer = load_explainer(args.bundle, args.classifier, args.autoencoder, settings)
     except (FileNotFoundError, ExplainerMismatch, ValueError) as exc:
@@ -91,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
     )
     print(
         f"{prog}: bundle {explainer.bundle_id}, autoencoder {explainer.explainer_id}, "
-        f"owner {worker.options.owner}",
+        f"owner {worker.options.owner}, {args.threads} thread(s)",
         flush=True,
     )
     try:

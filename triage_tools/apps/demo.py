@@ -54,6 +54,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="studies of each fresh calibration and evaluation set (800)",
     )
     parser.add_argument("--max-defer-rate", type=float, default=0.5, help="radiologist capacity")
+    parser.add_argument(
+        "--autoencoder-epochs", type=int, default=8, help="counterfactual autoencoder epochs (8)"
+    )
     parser.add_argument("--fresh", action="store_true", help="delete demo outputs and rebuild")
 
 
@@ -62,7 +65,7 @@ def steps(args: argparse.Namespace) -> list[Step]:
     out: Path = args.out
     data, runs = out / "data", out / "runs"
     cal, evl = out / "calibration-data", out / "evaluation-data"
-    cls, err = runs / "classifier", runs / "error_model"
+    cls, err, ae = runs / "classifier", runs / "error_model", runs / "autoencoder"
     return [
         Step(
             "synthesise a confounded phantom scenario",
@@ -131,6 +134,26 @@ def steps(args: argparse.Namespace) -> list[Step]:
                 "probs_only",
             ),
             (err / "error_model.pt", err / "error_model.json"),
+        ),
+        Step(
+            "train the counterfactual autoencoder on the classifier's images",
+            (
+                "train",
+                "autoencoder",
+                "--data",
+                str(data),
+                "--out",
+                str(ae),
+                "--split-from",
+                str(cls),
+                # 8 epochs of the classifier's 1,449 training images: about a minute here (the
+                # README's Latent Shift section gives its quality beside a longer run)
+                "--epochs",
+                str(args.autoencoder_epochs),
+                "--seed",
+                str(args.seed),
+            ),
+            (ae / "autoencoder.pt", ae / "autoencoder.json"),
         ),
         Step(
             "export the ONNX model bundle (parity-checked against PyTorch)",
@@ -224,6 +247,41 @@ def steps(args: argparse.Namespace) -> list[Step]:
             lambda: serve_and_submit(
                 out, out / "bundle", out / "policy.json", data, cls / "split.json"
             ),
+        ),
+        Step(
+            "explain the deferred items: Latent Shift counterfactuals (explainer worker)",
+            (
+                "explain-worker",
+                "--bundle",
+                str(out / "bundle"),
+                "--classifier",
+                str(cls),
+                "--autoencoder",
+                str(ae),
+                "--worklist",
+                str(out / "worklist.db"),
+                "--drain",
+                "--out",
+                str(out / "explanations"),
+            ),
+            (),
+        ),
+        Step(
+            "evaluate Latent Shift beside Grad-CAM (localisation, faithfulness, shortcut, TP/FP)",
+            (
+                "evaluate-explanations",
+                "--bundle",
+                str(out / "bundle"),
+                "--classifier",
+                str(cls),
+                "--autoencoder",
+                str(ae),
+                "--data",
+                str(evl),
+                "--out",
+                str(out / "explanations-eval"),
+            ),
+            (out / "explanations-eval" / "summary.md",),
         ),
     ]
 
