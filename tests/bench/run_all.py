@@ -8,6 +8,9 @@
    three replicas sharing a throwaway PostgreSQL, one SIGKILLed per round (20 rounds).
 5. ``triage bench dicom``: studies/s through the Storage SCP beside gRPC, results to a storescp.
 6. ``triage bench worklist``: results written and claims per second, SQLite and PostgreSQL.
+7. ``triage bench explain``: triage studies/s and latency with and without an explainer worker
+   beside the server, on the demo's bundle, classifier and autoencoder (``demo-out``; built by
+   ``triage demo`` first when missing).
 
 Comparisons are ratios measured within one run (these machines vary 10-30% between runs).
 """
@@ -90,6 +93,28 @@ def main() -> int:
             )
         )
         codes.append(triage("bench", "worklist", "--studies", "1000", postgres=True))
+    demo = ROOT / "demo-out"
+    runs = demo / "runs"
+    if not (runs / "autoencoder" / "autoencoder.pt").is_file():
+        codes.append(triage("demo", "--out", str(demo)))
+    codes.append(
+        triage(
+            "bench",
+            "explain",
+            "--bundle",
+            str(demo / "bundle"),
+            "--classifier",
+            str(runs / "classifier"),
+            "--autoencoder",
+            str(runs / "autoencoder"),
+            "--studies",
+            "100",
+            "--rounds",
+            "3",
+            "--out",
+            str(OUT / "explain.json"),
+        )
+    )
     return 1 if any(codes) else 0
 
 
