@@ -34,7 +34,7 @@ def test_both_arrangements_measured_with_the_worker_working(
             "20",
             "--out",
             str(out),
-        ]  # fmt: skip
+        ]
     )
     assert code == 0
     report = json.loads(out.read_text())
