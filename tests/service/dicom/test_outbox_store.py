@@ -76,7 +76,7 @@ def test_objects_and_rows_are_written_with_the_result_once(store: WorklistStore)
 
     first = store.record(_triaged("s1"), lambda p: b"r", objects)
     again = store.record(_triaged("s1"), lambda p: b"r", objects)
-    assert store.schema_version == VERSION == 3
+    assert store.schema_version == VERSION == 4
     assert [p.item_id for p in seen] == [first.item.item_id]
     assert again.replayed and again.result_id == first.result_id
     rows = store.list_outbox()
