@@ -626,7 +626,11 @@ def evaluate_explanations(
                 explainer, images[selection.index][explained.image[k]],
                 labels[explained.finding[k]], examples_dir / name,
             )  # fmt: skip
+            label_box = regions[explained.image[k], [tuple(REGION_KEYS).index("text_portable")]]
+            share = shares_in(explained.attribution[k : k + 1], label_box[None])[0, 0]
             examples[name].update(
+                latent_shift_portable_label_share=float(share),
+                portable_label_area_share=float(label_box.mean()),
                 site=chosen.sites[explained.image[k]],
                 heldout_site=bool(chosen.heldout[explained.image[k]]),
                 portable=bool(chosen.portable is not None and chosen.portable[explained.image[k]]),
