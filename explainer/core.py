@@ -178,6 +178,10 @@ def load_explainer(
             f"input sizes differ: bundle {spec.size}, classifier {cls.spec.size}, autoencoder "
             f"{ae.spec.size} (train the autoencoder with --size {spec.size})"
         )
+    if cls.spec != spec:  # the bundle's model inputs are fed to the classifier as they are
+        raise ExplainerMismatch(
+            f"preprocessing differs: bundle {spec.to_dict()}, classifier {cls.spec.to_dict()}"
+        )
     return Explainer(
         cls,
         ae,

@@ -59,7 +59,8 @@ import numpy.typing as npt
 import torch
 
 from explainer.core import Explainer
-from triage_common.anatomy import ANATOMY_KEYS, anatomy_file, area_resize, mass_shares
+from models.training import classifier_outputs
+from triage_common.anatomy import ANATOMY_KEYS, area_resize, mass_shares, read_anatomy
 from triage_common.atomic import atomic_write_bytes
 from triage_common.datasets import ImageTable, preprocessed_images
 from triage_common.evaluation import cam_iou_matrix
@@ -222,19 +223,13 @@ def plan_cases(predicted: Bool, negative: Bool) -> list[Case]:
 @torch.no_grad()
 def classify(explainer: Explainer, images: F32) -> tuple[F64, F32]:
     """Probabilities (N, L) and Grad-CAM maps (N, L, h, w) of model inputs (N, 1, S, S) in the
-    bundle's preprocessing, in batches: the classifier's analytic in-graph Grad-CAM."""
-    cls = explainer.classifier.spec
-    model = explainer.classifier.model
-    probs, cams = [], []
-    for start in range(0, len(images), BATCH):
-        d = torch.as_tensor(explainer.display(images[start : start + BATCH]))
-        logits, maps, _ = model((d - cls.mean) / cls.std)
-        probs.append(torch.sigmoid(logits).double().numpy())
-        cams.append(maps.float().numpy())
-    if not probs:
+    bundle's preprocessing (the classifier's, :func:`explainer.core.load_explainer` checks), in
+    batches: the analytic in-graph Grad-CAM (:func:`models.training.classifier_outputs`)."""
+    if not len(images):
         labels = len(explainer.labels)
         return np.zeros((0, labels)), np.zeros((0, labels, 1, 1), dtype=np.float32)
-    return np.concatenate(probs), np.concatenate(cams)
+    probs, cams, _ = classifier_outputs(explainer.classifier.model, images, batch_size=BATCH)
+    return probs.astype(np.float64), cams
 
 
 @dataclass(frozen=True)
@@ -322,15 +317,10 @@ def load_named_regions(
         raise ValueError(f"unknown anatomy key(s) {unknown}: {ANATOMY_KEYS}")
     out = np.empty((len(sop_uids), len(regions), size, size), dtype=np.float32)
     for i, sop in enumerate(sop_uids):
-        path = anatomy_file(root, sop)
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"{path} is missing: anatomy masks come from `triage synth` (phantom folders)"
-            )
-        with np.load(path) as data:
-            for r, keys in enumerate(regions.values()):
-                union = np.logical_or.reduce([data[k].astype(bool) for k in keys])
-                out[i, r] = area_resize(union, size)
+        masks = read_anatomy(root, sop)
+        for r, keys in enumerate(regions.values()):
+            union = np.logical_or.reduce([masks[k].astype(bool) for k in keys])
+            out[i, r] = area_resize(union, size)
     return out
 
 

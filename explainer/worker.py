@@ -31,10 +31,11 @@ from explainer.render import gif_bytes, stacked, strip_image, strip_png, summary
 from service._proto.triage.v1 import triage_pb2, worklist_pb2
 from service.dicom.objects import encode, quiet_highdicom
 from service.dicom.sc import build_counterfactual
-from service.dicom.source import header_from_bytes
+from service.dicom.source import header_from_bytes, writer_view
 from service.worklist.explanations import ExplanationJob
 from service.worklist.store import NewObject, WorklistStore
 from triage_common.atomic import atomic_write_bytes
+from triage_common.labels import file_stem
 from triage_common.logging import get_logger, hash_uid
 
 log = get_logger(__name__)
@@ -195,7 +196,7 @@ class ExplainWorker:
     ) -> list[NewObject]:
         if not job.destinations or not job.source_header:
             return []
-        source = header_from_bytes(job.source_header)
+        source = writer_view(header_from_bytes(job.source_header))  # as the server's writers
         sc = build_counterfactual(
             source,
             stacked([strip_image(f) for f in findings]),
@@ -224,6 +225,6 @@ class ExplainWorker:
         folder = out / job.item_id
         folder.mkdir(parents=True, exist_ok=True)
         for cf in message.counterfactuals:
-            name = cf.label.replace(" ", "_").lower()
+            name = file_stem(cf.label)
             atomic_write_bytes(folder / f"{name}.gif", cf.gif)
             atomic_write_bytes(folder / f"{name}.png", cf.strip_png)

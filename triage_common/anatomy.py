@@ -80,6 +80,18 @@ def region_masks(masks: dict[str, npt.NDArray[np.bool_]], size: int) -> F32:
     return out
 
 
+def read_anatomy(root: Path, sop_uid: str) -> dict[str, npt.NDArray[np.bool_]]:
+    """The anatomy masks of one image of a phantom folder (``FileNotFoundError`` naming the
+    file when it has none)."""
+    path = anatomy_file(root, sop_uid)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} is missing: anatomy masks come from `triage synth` (phantom folders)"
+        )
+    with np.load(path) as data:
+        return {k: data[k] for k in data.files}
+
+
 def load_regions(root: Path, sop_uids: Sequence[str], size: int) -> F32:
     """(N, R, size, size) soft region masks of the images ``sop_uids`` of a phantom folder.
 
@@ -87,13 +99,7 @@ def load_regions(root: Path, sop_uids: Sequence[str], size: int) -> F32:
     """
     out = np.empty((len(sop_uids), len(REGIONS), size, size), dtype=np.float32)
     for i, sop in enumerate(sop_uids):
-        path = anatomy_file(root, sop)
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"{path} is missing: anatomy masks come from `triage synth` (phantom folders)"
-            )
-        with np.load(path) as data:
-            out[i] = region_masks({k: data[k] for k in data.files}, size)
+        out[i] = region_masks(read_anatomy(root, sop), size)
     return out
 
 

@@ -21,3 +21,8 @@ def severity_column(label: str) -> str:
 def truth_column(label: str) -> str:
     """Name of the noise-free ground-truth column for ``label`` in a phantom ``labels.csv``."""
     return f"{label}_true"
+
+
+def file_stem(label: str) -> str:
+    """A finding's name as a file stem: ``"Pleural Effusion"`` -> ``"pleural_effusion"``."""
+    return label.replace(" ", "_").lower()

@@ -72,7 +72,8 @@ class Study:
         return [p.read_bytes() for p in self.paths]
 
 
-def _expand(paths: Sequence[Path]) -> list[Path]:
+def expand_paths(paths: Sequence[Path]) -> list[Path]:
+    """The files named, with folders searched recursively (sorted within each folder)."""
     out: list[Path] = []
     for path in paths:
         if path.is_dir():
@@ -88,7 +89,7 @@ def group_by_study(paths: Sequence[Path]) -> tuple[list[Study], list[tuple[Path,
 
     groups: dict[str, list[Path]] = {}
     skipped: list[tuple[Path, str]] = []
-    for path in _expand(paths):
+    for path in expand_paths(paths):
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["StudyInstanceUID"])
             uid = str(ds.get("StudyInstanceUID", "")).strip()

@@ -39,11 +39,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=None, help="write the figures as JSON")
 
 
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
 def run(args: argparse.Namespace) -> int:
     """Run the rounds and print the table; exit 2 on a refused flag."""
     prog = "triage bench explain"
@@ -63,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
     from triage_tools.apps.bench_serve import (
         LoadGenerator,
         _default_file,
+        _percentile,
         _uid_variants,
         encode_study,
         run_cell,

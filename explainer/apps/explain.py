@@ -33,12 +33,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _files(study: Path) -> list[Path]:
-    if study.is_dir():
-        return sorted(p for p in study.rglob("*") if p.is_file())
-    return [study]
-
-
 def run(args: argparse.Namespace) -> int:
     """Explain every study; exit 2 on a refused flag or model, 1 if a study could not be read."""
     prog = "triage explain"
@@ -62,7 +56,9 @@ def run(args: argparse.Namespace) -> int:
     from service.stages.decode_pool import DecodeSetup, InProcessDecoder
     from triage_common.atomic import atomic_write_bytes
     from triage_common.console import print_table, write_json
+    from triage_common.labels import file_stem
     from triage_common.logging import hash_uid
+    from triage_tools.client import expand_paths
 
     try:
         explainer = load_explainer(args.bundle, args.classifier, args.autoencoder, settings)
@@ -83,7 +79,9 @@ def run(args: argparse.Namespace) -> int:
     for number, study_path in enumerate(args.studies, start=1):
         try:
             study = decoder.decode(
-                [p.read_bytes() for p in _files(study_path)], want_display=False, deadline=None
+                [p.read_bytes() for p in expand_paths([study_path])],
+                want_display=False,
+                deadline=None,
             )
         except TriageError as exc:  # our own messages: no header values
             print(f"{prog}: {study_path}: {exc}", file=sys.stderr)
@@ -100,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
         folder = args.out / name
         folder.mkdir(parents=True, exist_ok=True)
         for e in explainer.explain(study.image, labels):
-            stem = e.label.replace(" ", "_").lower()
+            stem = file_stem(e.label)
             atomic_write_bytes(folder / f"{stem}.gif", gif_bytes(e))
             atomic_write_bytes(folder / f"{stem}.png", strip_png(e))
             p0, p1 = e.predictions[0], e.predictions[-1]

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from service.core.types import StudyResult
 from service.dicom.destinations import Destination
 from service.dicom.objects import DicomObject, Prepared, Writer
-from service.dicom.source import chosen_source, header_bytes
+from service.dicom.source import chosen_source
 from service.stages.decode_pool import InstanceBytes
 from service.worklist.store import NewObject, Placement, WorklistStore
 
@@ -32,6 +32,7 @@ class Pending:
 
     prepared: Prepared
     routes: dict[str, tuple[str, ...]]  # kind -> destination names
+    source_raw: bytes = field(default=b"", repr=False)  # the source's own header bytes
     built: list[DicomObject] | None = field(default=None)
 
     @property
@@ -56,10 +57,11 @@ class Pending:
         ]
 
     def explanation_route(self) -> tuple[bytes, tuple[str, ...]]:
-        """The source header and the destinations that take Secondary Captures (where the
-        explainer sends its strips); empty when none does."""
+        """The source header (the file's own bytes before its pixel data: no re-encoding on the
+        request path) and the destinations that take Secondary Captures (where the explainer
+        sends its strips); empty when none does."""
         destinations = self.routes.get("SC", ())
-        return (header_bytes(self.prepared.source), destinations) if destinations else (b"", ())
+        return (self.source_raw, destinations) if destinations else (b"", ())
 
     def reply_objects(
         self, store: WorklistStore | None, replayed: bool, result_id: int, priority: str
@@ -111,5 +113,7 @@ class DicomOutputs:
         kinds = self.kinds(source, asked)
         if not kinds:
             return None
-        header = chosen_source(instances, result)
-        return Pending(self.writer.prepare(result, header, kinds), self.routes(source))
+        chosen = chosen_source(instances, result)
+        return Pending(
+            self.writer.prepare(result, chosen.header, kinds), self.routes(source), chosen.raw
+        )

@@ -12,10 +12,11 @@ from __future__ import annotations
 import copy
 import io
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
 
 from service.core.errors import InvalidStudy
 from service.core.types import BytesLike, StudyResult
@@ -43,15 +44,36 @@ def writer_view(header: Dataset) -> Dataset:
     return view
 
 
+@dataclass(frozen=True)
+class Source:
+    """The header of the image a result was read from, and the same as Part-10 bytes."""
+
+    header: Dataset
+    raw: bytes = field(repr=False)  # the file up to its pixel data (see :func:`_raw_header`)
+
+
+def _read(data: BytesLike | InstanceBytes) -> tuple[Dataset, BytesLike, int]:
+    whole = data if isinstance(data, bytes | bytearray | memoryview) else b"".join(data)
+    ds, at = parse_dataset(whole, stop_before_pixels=True)
+    return ds, whole, at
+
+
+def _raw_header(ds: Dataset, whole: BytesLike, at: int) -> bytes:
+    """The file's own bytes up to its pixel data, a complete Part-10 file without it (a slice,
+    no re-encoding); a deflated file's parse position is inside the inflated stream, so that
+    one is written again (:func:`header_bytes`)."""
+    if str(ds.file_meta.get("TransferSyntaxUID", "")) == DeflatedExplicitVRLittleEndian:
+        return header_bytes(ds)
+    return bytes(memoryview(whole)[:at])
+
+
 def read_source(data: BytesLike | InstanceBytes) -> Dataset:
     """The header (no pixel data) of one Part-10 instance (whole, or as its stream chunks)."""
-    whole = data if isinstance(data, bytes | bytearray | memoryview) else b"".join(data)
-    ds, _ = parse_dataset(whole, stop_before_pixels=True)
-    return ds
+    return _read(data)[0]
 
 
-def chosen_source(instances: Sequence[InstanceBytes], result: StudyResult) -> Dataset:
-    """The header of the image the result was read from (found by its SOP Instance UID).
+def chosen_source(instances: Sequence[InstanceBytes], result: StudyResult) -> Source:
+    """The image the result was read from (found by its SOP Instance UID).
 
     The instances not ignored by eligibility are tried first (the chosen one is among them).
     """
@@ -59,16 +81,15 @@ def chosen_source(instances: Sequence[InstanceBytes], result: StudyResult) -> Da
     order = [i for i in range(len(instances)) if i not in ignored]
     order += sorted(ignored)
     for index in order:
-        ds = read_source(instances[index])
+        ds, whole, at = _read(instances[index])
         if str(ds.get("SOPInstanceUID", "")) == result.sop_instance_uid:
-            return ds
+            return Source(ds, _raw_header(ds, whole, at))
     raise InvalidStudy("the image the result was read from is not among the study's instances")
 
 
 def header_bytes(header: Dataset) -> bytes:
-    """``header`` (no pixel data) as Part-10 bytes in Explicit VR Little Endian, for a writer that
-    runs later in another process (the explainer's Secondary Capture); :func:`header_from_bytes`
-    reads it back."""
+    """``header`` (no pixel data) written as Part-10 bytes in Explicit VR Little Endian (what
+    :func:`_raw_header` falls back to); :func:`header_from_bytes` reads it back."""
     ds = copy.deepcopy(header)
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     buffer = io.BytesIO()
@@ -77,5 +98,5 @@ def header_bytes(header: Dataset) -> bytes:
 
 
 def header_from_bytes(data: bytes) -> Dataset:
-    """The header :func:`header_bytes` wrote."""
+    """A header :attr:`Source.raw` holds (Part-10 bytes without pixel data)."""
     return dcmread(io.BytesIO(data))

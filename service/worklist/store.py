@@ -1111,28 +1111,16 @@ class SqliteWorklistStore:
         """Record a failed attempt of a leased job: PENDING again, or FAILED once it has had
         ``max_attempts``; False when ``owner`` no longer holds it."""
         with self._transaction() as db:
-            row = db.execute(
-                "SELECT attempts FROM explanations WHERE explanation_id = ? AND state = ? "
-                "AND lease_owner = ?",
-                (explanation_id, EXPLAIN_PENDING, owner),
-            ).fetchone()
-            if row is None:
-                return False
-            final = int(row["attempts"]) >= max_attempts
-            if final:
-                db.execute(
-                    "UPDATE explanations SET state = ?, last_error = ?, lease_owner = '', "
-                    "lease_expires = 0, model_input = X'', source_header = X'', updated = ? "
-                    "WHERE explanation_id = ?",
-                    (EXPLAIN_FAILED, error[:500], self._now(), explanation_id),
-                )
-            else:
-                db.execute(
-                    "UPDATE explanations SET last_error = ?, lease_owner = '', lease_expires = 0, "
-                    "updated = ? WHERE explanation_id = ?",
-                    (error[:500], self._now(), explanation_id),
-                )
-            return True
+            cursor = db.execute(
+                "UPDATE explanations SET last_error = ?, lease_owner = '', lease_expires = 0, "
+                "updated = ?, state = CASE WHEN attempts >= ? THEN ? ELSE state END, "
+                "model_input = CASE WHEN attempts >= ? THEN X'' ELSE model_input END, "
+                "source_header = CASE WHEN attempts >= ? THEN X'' ELSE source_header END "
+                "WHERE explanation_id = ? AND state = ? AND lease_owner = ?",
+                (error[:500], self._now(), max_attempts, EXPLAIN_FAILED, max_attempts,
+                 max_attempts, explanation_id, EXPLAIN_PENDING, owner),
+            )  # fmt: skip
+            return cursor.rowcount == 1
 
     def explanation(self, item_id: str) -> StoredExplanation | None:
         """The explanation of an item's current result, else the newest of any of its results

@@ -368,6 +368,7 @@ def _explanation(stub: Any, args: argparse.Namespace, metadata: Any) -> int:
     from service._proto.triage.v1 import worklist_pb2
     from triage_common.atomic import atomic_write_bytes
     from triage_common.console import print_table
+    from triage_common.labels import file_stem
 
     reply = stub.GetExplanation(
         worklist_pb2.GetExplanationRequest(item_id=args.item, include_images=args.out is not None),
@@ -379,7 +380,7 @@ def _explanation(stub: Any, args: argparse.Namespace, metadata: Any) -> int:
         files: list[str] = []
         if args.out is not None:
             args.out.mkdir(parents=True, exist_ok=True)
-            stem = cf.label.replace(" ", "_").lower()
+            stem = file_stem(cf.label)
             for suffix, data in ((".gif", cf.gif), (".png", cf.strip_png)):
                 atomic_write_bytes(args.out / f"{stem}{suffix}", data)
                 files.append(str(args.out / f"{stem}{suffix}"))
