@@ -60,8 +60,14 @@ class FindingExplanation:
     seconds: float
 
 
-def _digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+def weights_digest(model: torch.nn.Module) -> str:
+    """A sha256 prefix over the parameter names and values: the same for the same weights
+    whatever file they were saved in (``torch.save``'s archive names the file it wrote)."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 class Explainer:
@@ -187,6 +193,6 @@ def load_explainer(
         ae,
         bundle_id=str(manifest["bundle_id"]),
         spec=spec,
-        explainer_id=_digest(autoencoder / "autoencoder.pt"),
+        explainer_id=weights_digest(ae.model),
         settings=settings,
     )
